@@ -10,6 +10,7 @@
 //! The runtime knows nothing of requests, scheduling or HTTP: it computes a batch it is given.
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod chat;
 pub mod dtype;
 pub mod error;
@@ -19,5 +20,6 @@ pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
 
+pub use batch::{Batch, SeqSlice};
 pub use dtype::GgmlType;
 pub use error::{Error, ErrorKind, Result};
