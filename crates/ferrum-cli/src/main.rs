@@ -1,2 +1,51 @@
-//! The `ferrum` command line.
-fn main() {}
+//! The `ferrum` command line: one binary for generating, chatting, tokenizing, measuring
+//! perplexity, managing models, serving and benchmarking.
+
+mod generate;
+mod load;
+mod model_cmd;
+mod perplexity;
+
+use clap::{Parser, Subcommand};
+
+/// Ferrum: an LLM inference server for CPUs.
+#[derive(Parser, Debug)]
+#[command(name = "ferrum", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a continuation of a prompt, streaming it to stdout.
+    Generate(generate::GenerateArgs),
+    /// Interactive multi-turn chat that keeps the conversation's KV between turns.
+    Chat(generate::ChatArgs),
+    /// Print the token ids of TEXT as a JSON array.
+    Tokenize(generate::TokenizeArgs),
+    /// Perplexity of a text file over consecutive windows.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Fetch, list or inspect model files.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERRUM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate::run_generate(a),
+        Command::Chat(a) => generate::run_chat(a),
+        Command::Tokenize(a) => generate::run_tokenize(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Model(c) => model_cmd::run(c),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
