@@ -193,7 +193,7 @@ fn on_token(
             (p.text, None)
         }
     };
-    let logprob = out.logprobs.then(|| TokenLogprob {
+    let logprob = out.logprobs.then_some(TokenLogprob {
         logprob: s.logprob,
         top: s.top,
     });
@@ -207,7 +207,11 @@ fn on_token(
 
 impl<R: ModelRunner> Engine<R> {
     /// Builds an engine with the first-come-first-served policy.
-    pub fn new(runner: R, text: Arc<dyn TokenText>, cfg: EngineConfig) -> Result<Self, EngineError> {
+    pub fn new(
+        runner: R,
+        text: Arc<dyn TokenText>,
+        cfg: EngineConfig,
+    ) -> Result<Self, EngineError> {
         Self::with_policy(runner, text, cfg, Box::new(Fcfs))
     }
 
@@ -327,11 +331,7 @@ impl<R: ModelRunner> Engine<R> {
         let Some(out) = self.outputs.remove(&id) else {
             return;
         };
-        let cached = self
-            .sched
-            .finish(id)
-            .and_then(|s| s.first_hit)
-            .unwrap_or(0);
+        let cached = self.sched.finish(id).and_then(|s| s.first_hit).unwrap_or(0);
         let usage = Usage {
             prompt_tokens: out.prompt_len,
             completion_tokens: out.generated,
@@ -376,7 +376,10 @@ impl<R: ModelRunner> Engine<R> {
                 self.sched.commit(&plan.chunks);
                 let with_logits = plan.chunks.iter().filter(|c| c.needs_logits);
                 for (c, row) in with_logits.zip(logits.chunks_exact(vocab)) {
-                    let out = self.outputs.get_mut(&c.id).expect("scheduled request has output");
+                    let out = self
+                        .outputs
+                        .get_mut(&c.id)
+                        .expect("scheduled request has output");
                     self.row.clear();
                     self.row.extend_from_slice(row);
                     let sampled = out.sampler.sample(&mut self.row);

@@ -235,7 +235,9 @@ impl Scheduler {
             }
             let s = &self.seqs[&id];
             let n = (s.tokens.len() - s.computed).min(budget);
-            let need = self.blocks_for(s.computed + n).saturating_sub(s.blocks.len());
+            let need = self
+                .blocks_for(s.computed + n)
+                .saturating_sub(s.blocks.len());
             let got = loop {
                 if let Some(b) = alloc(&mut self.pool, &mut self.cache, need) {
                     break Some(b);
@@ -282,8 +284,7 @@ impl Scheduler {
     /// Admits waiting requests in policy order while budget, slots and blocks last.
     fn admit(&mut self, budget: &mut usize, out: &mut Schedule) {
         let bs = self.cfg.block_size;
-        while *budget > 0 && self.running.len() < self.cfg.max_running && !self.waiting.is_empty()
-        {
+        while *budget > 0 && self.running.len() < self.cfg.max_running && !self.waiting.is_empty() {
             let wants = self.policy.wants_cache_hits() && self.cfg.enable_prefix_cache;
             let infos: Vec<RequestInfo<'_>> = self
                 .waiting
@@ -363,7 +364,10 @@ impl Scheduler {
     /// Records that the step computed `chunks` (call only after the forward pass succeeded).
     pub fn commit(&mut self, chunks: &[Chunk]) {
         for c in chunks {
-            let s = self.seqs.get_mut(&c.id).expect("scheduled request has state");
+            let s = self
+                .seqs
+                .get_mut(&c.id)
+                .expect("scheduled request has state");
             debug_assert_eq!(s.computed, c.start);
             let prefill = (c.start + c.len).min(s.prompt_len).saturating_sub(c.start);
             self.counters.prefill_tokens += prefill as u64;
