@@ -425,28 +425,59 @@ fn threaded_handle_serves_concurrent_clients_end_to_end() {
     assert!(handle.stats().is_none());
 }
 
+/// A fake runner that waits for a permit (or 200 ms) before each forward pass, so a test
+/// can act between steps without racing the loop thread.
+struct Gated {
+    inner: FakeRunner,
+    permits: std::sync::mpsc::Receiver<()>,
+}
+
+impl ModelRunner for Gated {
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn forward(&mut self, batch: &Batch) -> Result<&[f32], EngineError> {
+        let _ = self
+            .permits
+            .recv_timeout(std::time::Duration::from_millis(200));
+        self.inner.forward(batch)
+    }
+}
+
 #[test]
 fn dropped_receiver_cancels_request() {
-    let handle = EngineHandle::spawn(engine(cfg(64, false)));
-    let (_, rx) = handle.submit(req(prompt(11, 20), 200)).unwrap();
-    let (_, mut rx2) = handle.submit(req(prompt(12, 20), 200)).unwrap();
+    let c = cfg(64, false);
+    let (permit, permits) = std::sync::mpsc::channel();
+    let inner = FakeRunner::new(VOCAB, c.num_blocks, c.block_size);
+    let text = Arc::new(FakeText::new(VOCAB));
+    let e = Engine::new(Gated { inner, permits }, text, c).unwrap();
+    let handle = EngineHandle::spawn(e);
+    let (_, rx) = handle.submit(req(prompt(11, 10), 240)).unwrap();
     drop(rx);
-    // The second request proves the loop kept running; cancel it explicitly.
-    assert!(matches!(rx2.blocking_recv(), Some(Event::Token { .. })));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    for _ in 0..3 {
+        permit.send(()).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let s = loop {
         let s = handle.stats().expect("engine alive");
-        if s.running + s.waiting == 1 {
-            break;
+        if s.running + s.waiting == 0 {
+            break s;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "dropped request still running"
         );
-        std::thread::yield_now();
-    }
-    handle.cancel(RequestId(1));
-    let last = std::iter::from_fn(|| rx2.blocking_recv()).last();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert!(s.decode_tokens < 20, "cancelled long before max_tokens");
+    assert_eq!(s.blocks_free, s.blocks_total);
+
+    // An explicit cancel through the handle ends the stream with Cancelled.
+    let (id, mut rx) = handle.submit(req(prompt(12, 10), 240)).unwrap();
+    permit.send(()).unwrap();
+    assert!(matches!(rx.blocking_recv(), Some(Event::Token { .. })));
+    handle.cancel(id);
+    let last = std::iter::from_fn(|| rx.blocking_recv()).last();
     assert!(matches!(
         last,
         Some(Event::Finished {
