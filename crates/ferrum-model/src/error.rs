@@ -37,7 +37,10 @@ pub struct Error {
 impl Error {
     /// Builds an error of `kind` with message `msg`.
     pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Self {
-        Error { kind, msg: msg.into() }
+        Error {
+            kind,
+            msg: msg.into(),
+        }
     }
     /// Shorthand for a GGUF format error.
     pub fn gguf(msg: impl Into<String>) -> Self {
