@@ -1,1 +1,419 @@
-//! (being written)
+//! Quantized tensor formats and the CPU dot-product kernels behind every matrix product.
+//!
+//! Weights stay in their GGUF block format (F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K);
+//! activations are quantized per row to the matching "vec dot" format (Q8_0, Q8_1, Q8_K or
+//! plain F32, see [`vec_dot_type`]) exactly the way llama.cpp does, so integer dot products
+//! give the same logits as llama.cpp.
+//!
+//! [`Kernels`] is a kernel set chosen once at run time: scalar (portable reference), AVX2
+//! (+FMA+F16C) or AVX-512 (F+BW+VL, with VNNI when present). Every SIMD kernel is a register
+//! tile whose per-pair arithmetic does not depend on the tile shape, so
+//! [`Kernels::matmul_tile`] is bitwise identical to [`Kernels::vec_dot`] per pair: a request's
+//! output never depends on its batch-mates.
+
+use std::sync::OnceLock;
+
+use crate::GgmlType;
+
+/// Calls `$f::<R, C [, extra]>` for the runtime tile shape (rr, cc) within a 4x4 or 2x2 maximum.
+macro_rules! rc_call {
+    ($f:ident, [$($x:tt)*], $rr:expr, $cc:expr, 4, 4, $args:tt) => {
+        match ($rr, $cc) {
+            (1, 1) => $f::<1, 1 $(, $x)*> $args,
+            (1, 2) => $f::<1, 2 $(, $x)*> $args,
+            (1, 3) => $f::<1, 3 $(, $x)*> $args,
+            (1, 4) => $f::<1, 4 $(, $x)*> $args,
+            (2, 1) => $f::<2, 1 $(, $x)*> $args,
+            (2, 2) => $f::<2, 2 $(, $x)*> $args,
+            (2, 3) => $f::<2, 3 $(, $x)*> $args,
+            (2, 4) => $f::<2, 4 $(, $x)*> $args,
+            (3, 1) => $f::<3, 1 $(, $x)*> $args,
+            (3, 2) => $f::<3, 2 $(, $x)*> $args,
+            (3, 3) => $f::<3, 3 $(, $x)*> $args,
+            (3, 4) => $f::<3, 4 $(, $x)*> $args,
+            (4, 1) => $f::<4, 1 $(, $x)*> $args,
+            (4, 2) => $f::<4, 2 $(, $x)*> $args,
+            (4, 3) => $f::<4, 3 $(, $x)*> $args,
+            _ => $f::<4, 4 $(, $x)*> $args,
+        }
+    };
+    ($f:ident, [$($x:tt)*], $rr:expr, $cc:expr, 2, 2, $args:tt) => {
+        match ($rr, $cc) {
+            (1, 1) => $f::<1, 1 $(, $x)*> $args,
+            (1, 2) => $f::<1, 2 $(, $x)*> $args,
+            (2, 1) => $f::<2, 1 $(, $x)*> $args,
+            _ => $f::<2, 2 $(, $x)*> $args,
+        }
+    };
+}
+
+/// Walks a (nrows x ncols) product in register tiles of at most `$tr x $tc`: row tiles outer so
+/// a few weight rows stay in L1 while every activation column streams past them.
+macro_rules! drive {
+    ($tile:ident, $tr:tt, $tc:tt, [$($x:tt)*], $nb:expr, $w:expr, $ws:expr, $nrows:expr,
+     $a:expr, $as:expr, $ncols:expr, $out:expr, $os:expr) => {{
+        let mut r0 = 0;
+        while r0 < $nrows {
+            let rr = ($nrows - r0).min($tr);
+            let mut c0 = 0;
+            while c0 < $ncols {
+                let cc = ($ncols - c0).min($tc);
+                let (wp, ap, op) = ($w.add(r0 * $ws), $a.add(c0 * $as), $out.add(c0 * $os + r0));
+                rc_call!($tile, [$($x)*], rr, cc, $tr, $tc, ($nb, wp, $ws, ap, $as, op, $os));
+                c0 += cc;
+            }
+            r0 += rr;
+        }
+    }};
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod blocks;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+/// Activation type to quantize inputs to for weights of type `w`, so the inner loop is an
+/// integer dot product (F32/F16/BF16 weights take F32 activations). Activation-only types
+/// map to themselves; they are not weight types (see [`is_weight_type`]).
+pub fn vec_dot_type(w: GgmlType) -> GgmlType {
+    match w {
+        GgmlType::Q4_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
+        GgmlType::Q4_1 => GgmlType::Q8_1,
+        GgmlType::Q4K | GgmlType::Q6K => GgmlType::Q8K,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => GgmlType::F32,
+        GgmlType::Q8_1 | GgmlType::Q8K => w,
+    }
+}
+
+/// Whether a tensor of this type can be a matmul weight here; a loader checks this so the
+/// kernels never see an activation-only type.
+pub fn is_weight_type(ty: GgmlType) -> bool {
+    !matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K)
+}
+
+/// Bytes of a row of `n` elements; a partial block is a programming error here (the loader
+/// validates shapes from files).
+fn row_bytes(ty: GgmlType, n: usize) -> usize {
+    assert!(
+        n % ty.block_size() == 0,
+        "programming error: row of {n} is not whole {ty:?} blocks"
+    );
+    n / ty.block_size() * ty.type_size()
+}
+
+/// Quantizes one f32 row into activation format `ty` (Q8_0 / Q8_1 / Q8_K, or F32 = copy),
+/// bit-exactly like llama.cpp on x86, so integer dot products reproduce its logits.
+///
+/// Panics (programming error) unless `out.len() == row_bytes(ty, x.len())`.
+pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut [u8]) {
+    assert_eq!(
+        out.len(),
+        row_bytes(ty, x.len()),
+        "programming error: quantize_row output size"
+    );
+    match ty {
+        GgmlType::Q8_0 => blocks::quantize_q8_0_or_1(x, out, false),
+        GgmlType::Q8_1 => blocks::quantize_q8_0_or_1(x, out, true),
+        GgmlType::Q8K => blocks::quantize_q8_k(x, out),
+        GgmlType::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(x) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        other => panic!("programming error: {other:?} is not an activation format"),
+    }
+}
+
+/// Dequantizes one row of any supported type into f32 (`out.len()` elements): embedding
+/// lookups and tests need real values, not dot products.
+///
+/// Panics (programming error) when `src` is shorter than the row.
+pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) {
+    let nbytes = row_bytes(ty, out.len());
+    assert!(
+        src.len() >= nbytes,
+        "programming error: dequantize_row source too short"
+    );
+    let src = &src[..nbytes];
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => blocks::dequant_float(src, out, ty),
+        GgmlType::Q4_0 => blocks::dequant_q4_0(src, out),
+        GgmlType::Q4_1 => blocks::dequant_q4_1(src, out),
+        GgmlType::Q8_0 => blocks::dequant_q8(src, out, 2),
+        GgmlType::Q8_1 => blocks::dequant_q8(src, out, 4),
+        GgmlType::Q4K => blocks::dequant_q4_k(src, out),
+        GgmlType::Q6K => blocks::dequant_q6_k(src, out),
+        GgmlType::Q8K => blocks::dequant_q8_k(src, out),
+    }
+}
+
+/// Which SIMD level a kernel set uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SimdLevel {
+    /// Portable Rust; the reference every other level is tested against.
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F + BW + VL (using VNNI `vpdpbusd` when the CPU has it).
+    Avx512,
+}
+
+/// A kernel set chosen once at run time with `is_x86_feature_detected!`, so a binary built for
+/// generic x86-64 uses the best instructions of the CPU it runs on and never faults on older ones.
+#[derive(Debug)]
+pub struct Kernels {
+    level: SimdLevel,
+    vnni: bool,
+    name: &'static str,
+}
+
+static SCALAR: Kernels = Kernels {
+    level: SimdLevel::Scalar,
+    vnni: false,
+    name: "scalar",
+};
+static AVX2: Kernels = Kernels {
+    level: SimdLevel::Avx2,
+    vnni: false,
+    name: "avx2",
+};
+static AVX512: Kernels = Kernels {
+    level: SimdLevel::Avx512,
+    vnni: false,
+    name: "avx512",
+};
+static AVX512_VNNI: Kernels = Kernels {
+    level: SimdLevel::Avx512,
+    vnni: true,
+    name: "avx512-vnni",
+};
+
+/// A specific level if this CPU supports it (tests compare each against scalar).
+pub fn kernels_for(level: SimdLevel) -> Option<&'static Kernels> {
+    match level {
+        SimdLevel::Scalar => Some(&SCALAR),
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => {
+            let ok = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            ok.then_some(&AVX2)
+        }
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => {
+            let ok = kernels_for(SimdLevel::Avx2).is_some()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl");
+            if !ok {
+                None
+            } else if is_x86_feature_detected!("avx512vnni") {
+                Some(&AVX512_VNNI)
+            } else {
+                Some(&AVX512)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => None,
+    }
+}
+
+/// Best kernel set for this CPU, chosen once. `FERRUM_KERNELS=scalar|avx2|avx512` forces a
+/// level (to compare or debug); an unknown or unsupported request falls back to the best one.
+pub fn kernels() -> &'static Kernels {
+    static CHOSEN: OnceLock<&'static Kernels> = OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        let best = kernels_for(SimdLevel::Avx512)
+            .or_else(|| kernels_for(SimdLevel::Avx2))
+            .unwrap_or(&SCALAR);
+        let Ok(req) = std::env::var("FERRUM_KERNELS") else {
+            return best;
+        };
+        let level = match req.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(SimdLevel::Scalar),
+            "avx2" => Some(SimdLevel::Avx2),
+            "avx512" => Some(SimdLevel::Avx512),
+            _ => None,
+        };
+        match level.and_then(kernels_for) {
+            Some(k) => k,
+            None => {
+                tracing::warn!(requested = %req, using = best.name, "FERRUM_KERNELS not supported here");
+                best
+            }
+        }
+    })
+}
+
+impl Kernels {
+    /// The SIMD level, for logs and tests.
+    pub fn level(&self) -> SimdLevel {
+        self.level
+    }
+
+    /// A short name ("scalar", "avx2", "avx512", "avx512-vnni") for logs and benchmarks.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Dot product of one weight row of type `w_ty` with an activation row already quantized to
+    /// `vec_dot_type(w_ty)`, `n` elements each.
+    ///
+    /// Panics (programming error) when a slice is shorter than its row or `w_ty` is not a
+    /// weight type.
+    pub fn vec_dot(&self, w_ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+        let mut out = [0f32];
+        self.matmul_tile(w_ty, n, w, 1, a, 1, &mut out, 1);
+        out[0]
+    }
+
+    /// A tile of a matrix product: for r in 0..nrows, c in 0..ncols,
+    /// `out[c * out_stride + r] = vec_dot(weight row r, activation row c)`, bitwise identical to
+    /// the per-pair call (batch invariance) but reusing each weight block across columns.
+    /// `w` holds `nrows` consecutive weight rows, `a` holds `ncols` consecutive activation rows.
+    ///
+    /// Panics (programming error) when a slice is too short or `w_ty` is not a weight type.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_tile(
+        &self,
+        w_ty: GgmlType,
+        n: usize,
+        w: &[u8],
+        nrows: usize,
+        a: &[u8],
+        ncols: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        assert!(
+            is_weight_type(w_ty),
+            "programming error: {w_ty:?} is not a weight type"
+        );
+        let ws = row_bytes(w_ty, n);
+        let as_ = row_bytes(vec_dot_type(w_ty), n);
+        if nrows == 0 || ncols == 0 {
+            return;
+        }
+        assert!(
+            w.len() >= nrows * ws,
+            "programming error: weight slice too short"
+        );
+        assert!(
+            a.len() >= ncols * as_,
+            "programming error: activation slice too short"
+        );
+        assert!(
+            out.len() >= (ncols - 1) * out_stride + nrows,
+            "programming error: output slice too short"
+        );
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: this level is only handed out after its CPU features were detected, and
+            // the slices were checked to cover every row the kernel reads or writes.
+            SimdLevel::Avx2 => unsafe {
+                let o = out.as_mut_ptr();
+                avx2::matmul(
+                    w_ty,
+                    n,
+                    w.as_ptr(),
+                    ws,
+                    nrows,
+                    a.as_ptr(),
+                    as_,
+                    ncols,
+                    o,
+                    out_stride,
+                )
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            SimdLevel::Avx512 => unsafe {
+                let (wp, ap, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+                if self.vnni {
+                    avx512::vnni::matmul(w_ty, n, wp, ws, nrows, ap, as_, ncols, o, out_stride)
+                } else {
+                    avx512::bw::matmul(w_ty, n, wp, ws, nrows, ap, as_, ncols, o, out_stride)
+                }
+            },
+            _ => {
+                for r in 0..nrows {
+                    let wr = &w[r * ws..(r + 1) * ws];
+                    for c in 0..ncols {
+                        let ac = &a[c * as_..(c + 1) * as_];
+                        out[c * out_stride + r] = scalar::vec_dot(w_ty, n, wr, ac);
+                    }
+                }
+            }
+        }
+    }
+
+    /// f32 dot product (attention scores, small projections).
+    ///
+    /// Panics (programming error) when the lengths differ.
+    pub fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "programming error: dot_f32 lengths differ"
+        );
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2 was detected for this level (AVX-512 implies it); lengths checked.
+            SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe {
+                avx2::dot_float(GgmlType::F32, a.len(), a.as_ptr().cast(), b.as_ptr())
+            },
+            _ => scalar::dot_f32(a, b),
+        }
+    }
+
+    /// `y += alpha * x` (attention value accumulation, residual adds).
+    ///
+    /// Panics (programming error) when the lengths differ.
+    pub fn axpy(&self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        assert_eq!(x.len(), y.len(), "programming error: axpy lengths differ");
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2 + FMA were detected for this level.
+            SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe { avx2::axpy(alpha, x, y) },
+            _ => scalar::axpy(alpha, x, y),
+        }
+    }
+
+    /// Widens an f16 row (as raw bits, e.g. from the KV cache) to f32; exact.
+    ///
+    /// Panics (programming error) when the lengths differ.
+    pub fn f16_to_f32(&self, src: &[u16], dst: &mut [f32]) {
+        assert_eq!(
+            src.len(),
+            dst.len(),
+            "programming error: f16_to_f32 lengths differ"
+        );
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: F16C was detected for this level.
+            SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe { avx2::f16_to_f32(src, dst) },
+            _ => scalar::f16_to_f32(src, dst),
+        }
+    }
+
+    /// Narrows an f32 row to f16 bits, rounding to nearest even (same bits at every level).
+    ///
+    /// Panics (programming error) when the lengths differ.
+    pub fn f32_to_f16(&self, src: &[f32], dst: &mut [u16]) {
+        assert_eq!(
+            src.len(),
+            dst.len(),
+            "programming error: f32_to_f16 lengths differ"
+        );
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: F16C was detected for this level.
+            SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe { avx2::f32_to_f16(src, dst) },
+            _ => scalar::f32_to_f16(src, dst),
+        }
+    }
+}
