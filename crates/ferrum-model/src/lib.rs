@@ -18,8 +18,10 @@ pub mod error;
 pub mod fetch;
 pub mod gguf;
 pub mod kv;
+pub mod llama;
 pub mod quant;
 pub mod sampler;
+pub mod session;
 pub mod threadpool;
 pub mod tokenizer;
 
