@@ -74,7 +74,7 @@ impl GgmlType {
     /// or the size overflows.
     pub fn row_bytes(self, n: u64) -> Result<u64> {
         let bs = self.block_size() as u64;
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return Err(Error::gguf(format!(
                 "row of {n} elements is not a multiple of the {self:?} block size {bs}"
             )));
