@@ -23,6 +23,9 @@ pub mod sampler;
 pub mod threadpool;
 pub mod tokenizer;
 
+#[cfg(test)]
+pub(crate) mod test_support;
+
 pub use batch::{Batch, SeqSlice};
 pub use dtype::GgmlType;
 pub use error::{Error, ErrorKind, Result};
