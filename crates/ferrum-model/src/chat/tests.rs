@@ -124,3 +124,9 @@ fn chat_message_round_trips_through_json() {
     let s = serde_json::to_string(&m).unwrap();
     assert_eq!(serde_json::from_str::<ChatMessage>(&s).unwrap(), m);
 }
+
+#[test]
+fn chat_template_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ChatTemplate>();
+}

@@ -287,6 +287,7 @@ fn loading_the_default_tokenizer_is_fast() {
     let t0 = std::time::Instant::now();
     let tok = Tokenizer::from_gguf(&f).unwrap();
     let dt = t0.elapsed();
+    eprintln!("tokenizer load: {dt:?}");
     assert_eq!(tok.vocab_size(), 49152);
     assert!(dt.as_secs_f64() < 1.0, "tokenizer load took {dt:?}");
 }
