@@ -25,6 +25,9 @@ pub mod session;
 pub mod threadpool;
 pub mod tokenizer;
 
+#[cfg(test)]
+pub(crate) mod test_support;
+
 pub use batch::{Batch, SeqSlice};
 pub use dtype::GgmlType;
 pub use error::{Error, ErrorKind, Result};
