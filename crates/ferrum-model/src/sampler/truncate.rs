@@ -10,11 +10,18 @@
 
 use std::cmp::Ordering;
 
+use super::math::{exp_approx, max_value, sum_exp};
 use super::SamplingParams;
 
 /// Size of the first sorted prefix tried when looking for the top-p nucleus; real nuclei
 /// are usually a few dozen tokens, so one or two rounds suffice.
 const FIRST_NUCLEUS_CHUNK: usize = 64;
+
+/// Logits are scanned in blocks of this size so whole blocks can be rejected on their maximum.
+const SKIP_BLOCK: usize = 64;
+
+/// Largest k served by the one-pass insertion top-k; beyond it a partial selection is cheaper.
+const SMALL_K: usize = 64;
 
 /// Orders `(id, value)` pairs by value descending, then id ascending, so ties break the same
 /// way everywhere (lowest id first) whatever the selection algorithm does internally.
@@ -27,40 +34,33 @@ pub(crate) fn desc(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
 /// Index of the largest logit, lowest id on ties, NaN ignored; 0 when there is none, so a
 /// broken logits row degrades to a valid token instead of a panic.
 pub(crate) fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
-    let mut found = false;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > best_v || (!found && v == best_v) {
-            best = i;
-            best_v = v;
-            found = true;
-        }
-    }
-    best as u32
-}
-
-/// Largest logit ignoring NaN (`-inf` when there is none).
-pub(crate) fn max_logit(logits: &[f32]) -> f32 {
-    logits
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    let m = max_value(logits);
+    logits.iter().position(|&v| v == m).unwrap_or(0) as u32
 }
 
 /// Fills `cand` with the tokens that survive temperature/top-k/top-p/min-p as
 /// `(id, weight)`, weight being the unnormalised probability `exp((l - max) / T)`, and returns
 /// the sum of the weights. Requires a non-greedy `p` (temperature > 0).
 ///
-/// When the result has more than one entry its order is unspecified unless top-p ran (then it is
-/// sorted descending); callers that need an order sort the survivors themselves.
+/// When the result has more than one entry its order is unspecified; callers that need an
+/// order sort the survivors themselves.
 pub(crate) fn candidates(logits: &[f32], p: &SamplingParams, cand: &mut Vec<(u32, f32)>) -> f64 {
     cand.clear();
-    let m = max_logit(logits);
+    let m = max_value(logits);
     if m == f32::NEG_INFINITY {
         // Nothing has any mass (empty row, or all -inf/NaN): fall back to one token.
         if !logits.is_empty() {
             cand.push((argmax(logits), 1.0));
         }
+        return cand.len() as f64;
+    }
+    if m == f32::INFINITY {
+        // Infinitely likely tokens share all the mass.
+        cand.extend(
+            (0..logits.len() as u32)
+                .filter(|&i| logits[i as usize] == m)
+                .map(|i| (i, 1.0)),
+        );
         return cand.len() as f64;
     }
     let inv_t = 1.0 / p.temperature;
@@ -73,52 +73,142 @@ pub(crate) fn candidates(logits: &[f32], p: &SamplingParams, cand: &mut Vec<(u32
     };
     // Min-p is a threshold relative to the max, so it can prune during the fill, except when
     // top-p must normalise over a top-k set that includes tokens min-p would drop.
-    let prefilter = if top_p_on && top_k_on {
+    let mut threshold = if top_p_on && top_k_on {
         f32::NEG_INFINITY
     } else {
         ln_min_p
     };
-    // Top-p without top-k normalises over the whole vocabulary: sum it during the fill.
-    let need_full_sum = top_p_on && !top_k_on;
+    // Top-p without top-k normalises over the whole vocabulary.
     let mut full_sum = 0f64;
-    for (i, &l) in logits.iter().enumerate() {
-        // `l == m` guards inf - inf; NaN fails both comparisons below and is dropped.
-        let z = if l == m { 0.0 } else { (l - m) * inv_t };
-        if z > f32::NEG_INFINITY {
-            if need_full_sum {
-                full_sum += f64::from(z.exp());
+    if top_p_on && !top_k_on {
+        full_sum = sum_exp(logits, m, inv_t);
+        // A token lighter than (1 - top_p) / n of the mass is never in the nucleus: all the
+        // tokens at least as light weigh less than 1 - top_p together. Half the bound leaves
+        // a margin for rounding.
+        let floor = (1.0 - f64::from(p.top_p)) * full_sum / logits.len() as f64 * 0.5;
+        threshold = threshold.max(floor.ln() as f32);
+    }
+
+    if top_k_on && p.top_k <= SMALL_K {
+        fill_top_k_small(logits, m, inv_t, threshold, p.top_k, cand);
+    } else {
+        for (b, block) in logits.chunks(SKIP_BLOCK).enumerate() {
+            // The block maximum is never NaN, so `<` really means "all below".
+            if (max_value(block) - m) * inv_t < threshold {
+                continue;
             }
-            if z >= prefilter {
-                cand.push((i as u32, z));
+            for (j, &l) in block.iter().enumerate() {
+                let z = (l - m) * inv_t;
+                if has_mass_above(z, threshold) {
+                    cand.push(((b * SKIP_BLOCK + j) as u32, z));
+                }
             }
+        }
+        if top_k_on && cand.len() > p.top_k {
+            cand.select_nth_unstable_by(p.top_k - 1, desc);
+            cand.truncate(p.top_k);
         }
     }
 
-    if top_k_on && cand.len() > p.top_k {
-        cand.select_nth_unstable_by(p.top_k - 1, desc);
-        cand.truncate(p.top_k);
-    }
-
     if top_p_on {
-        let total = if need_full_sum {
-            full_sum
+        let total = if top_k_on {
+            cand.iter().map(|&(_, z)| f64::from(exp_approx(z))).sum()
         } else {
-            cand.iter().map(|&(_, z)| f64::from(z.exp())).sum()
+            full_sum
         };
         let n = nucleus_len(cand, total * f64::from(p.top_p));
         cand.truncate(n);
     }
 
-    if ln_min_p > prefilter {
+    if ln_min_p > threshold {
         cand.retain(|&(_, z)| z >= ln_min_p);
     }
 
     let mut sum = 0f64;
     for c in cand.iter_mut() {
-        c.1 = c.1.exp();
+        c.1 = exp_approx(c.1);
         sum += f64::from(c.1);
     }
     sum
+}
+
+/// Whether `p` keeps the whole vocabulary (no top-k/top-p/min-p): then [`draw_untruncated`]
+/// can sample without building a candidate list.
+pub(crate) fn untruncated(p: &SamplingParams) -> bool {
+    p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0
+}
+
+/// Samples from the full tempered softmax with uniform `u` in [0, 1): the same distribution
+/// as [`candidates`] + a cumulative walk, but with two vectorised passes over the logits
+/// (block sums locate the token, then a scalar walk inside one block) and no buffer.
+pub(crate) fn draw_untruncated(logits: &[f32], temperature: f32, u: f64) -> Option<u32> {
+    const BLOCK: usize = 256;
+    let m = max_value(logits);
+    if !m.is_finite() {
+        return None;
+    }
+    let inv_t = 1.0 / temperature;
+    let target = u * sum_exp(logits, m, inv_t);
+    let mut cum = 0f64;
+    for (b, block) in logits.chunks(BLOCK).enumerate() {
+        let s = sum_exp(block, m, inv_t);
+        if cum + s <= target {
+            cum += s;
+            continue;
+        }
+        for (i, &l) in block.iter().enumerate() {
+            cum += f64::from(exp_approx((l - m) * inv_t));
+            if cum > target {
+                return Some((b * BLOCK + i) as u32);
+            }
+        }
+    }
+    // Rounding left `target` a hair above the final sum: take the last token with mass.
+    logits
+        .iter()
+        .rposition(|&l| exp_approx((l - m) * inv_t) > 0.0)
+        .map(|i| i as u32)
+}
+
+/// Whether a scaled logit `z` has any probability mass and reaches `threshold`; NaN fails.
+#[inline(always)]
+fn has_mass_above(z: f32, threshold: f32) -> bool {
+    z > f32::NEG_INFINITY && z >= threshold
+}
+
+/// Top-k for small k in one pass: `cand` is kept sorted (descending) at length <= k, and
+/// almost every logit is rejected by a single compare against the current k-th value.
+fn fill_top_k_small(
+    logits: &[f32],
+    m: f32,
+    inv_t: f32,
+    threshold: f32,
+    k: usize,
+    cand: &mut Vec<(u32, f32)>,
+) {
+    let mut kth = f32::NEG_INFINITY;
+    for (b, block) in logits.chunks(SKIP_BLOCK).enumerate() {
+        // One vectorised max rejects most blocks once `cand` is full.
+        let zmax = (max_value(block) - m) * inv_t;
+        if zmax < threshold || (cand.len() == k && zmax <= kth) {
+            continue;
+        }
+        for (j, &l) in block.iter().enumerate() {
+            let z = (l - m) * inv_t;
+            if !has_mass_above(z, threshold) || (cand.len() == k && z <= kth) {
+                continue;
+            }
+            // Equal values keep the lower id first: it was seen earlier.
+            let pos = cand.partition_point(|c| c.1 >= z);
+            if cand.len() == k {
+                cand.pop();
+            }
+            cand.insert(pos, ((b * SKIP_BLOCK + j) as u32, z));
+            if cand.len() == k {
+                kth = cand[k - 1].1;
+            }
+        }
+    }
 }
 
 /// Sorts a growing prefix of `cand` (descending) until its cumulative mass reaches `target`,
@@ -128,15 +218,16 @@ fn nucleus_len(cand: &mut [(u32, f32)], target: f64) -> usize {
     let mut sorted = 0usize;
     let mut cum = 0f64;
     let mut chunk = FIRST_NUCLEUS_CHUNK;
-    while sorted < cand.len() {
-        let end = (sorted + chunk).min(cand.len());
+    let len = cand.len();
+    while sorted < len {
+        let end = (sorted + chunk).min(len);
         let tail = &mut cand[sorted..];
-        if end < cand.len() {
+        if end < len {
             tail.select_nth_unstable_by(end - sorted - 1, desc);
         }
         tail[..end - sorted].sort_unstable_by(desc);
         for (i, &(_, z)) in cand[sorted..end].iter().enumerate() {
-            cum += f64::from(z.exp());
+            cum += f64::from(exp_approx(z));
             if cum >= target {
                 return sorted + i + 1;
             }
@@ -144,7 +235,7 @@ fn nucleus_len(cand: &mut [(u32, f32)], target: f64) -> usize {
         sorted = end;
         chunk *= 4;
     }
-    cand.len()
+    len
 }
 
 #[cfg(test)]
@@ -162,7 +253,8 @@ mod tests {
         }
     }
 
-    /// Straightforward full-sort implementation of the same semantics, as the oracle.
+    /// Straightforward full-sort implementation of the same semantics, as the oracle. It uses
+    /// the same `exp` so that rounding cannot move a top-p boundary between the two.
     fn reference(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f64)> {
         let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut all: Vec<(u32, f32)> = logits
@@ -174,22 +266,22 @@ mod tests {
         if p.top_k > 0 {
             all.truncate(p.top_k);
         }
-        let total: f64 = all.iter().map(|&(_, z)| f64::from(z.exp())).sum();
+        let total: f64 = all.iter().map(|&(_, z)| f64::from(exp_approx(z))).sum();
         let mut keep = all.len();
         let mut cum = 0.0;
         for (i, &(_, z)) in all.iter().enumerate() {
-            cum += f64::from(z.exp());
+            cum += f64::from(exp_approx(z));
             if p.top_p < 1.0 && cum >= total * f64::from(p.top_p) {
                 keep = i + 1;
                 break;
             }
         }
         all.truncate(keep);
-        let pmax = f64::from(all[0].1.exp());
-        all.retain(|&(_, z)| f64::from(z.exp()) >= f64::from(p.min_p) * pmax - 1e-12);
-        let s: f64 = all.iter().map(|&(_, z)| f64::from(z.exp())).sum();
+        let pmax = f64::from(exp_approx(all[0].1));
+        all.retain(|&(_, z)| f64::from(exp_approx(z)) >= f64::from(p.min_p) * pmax - 1e-12);
+        let s: f64 = all.iter().map(|&(_, z)| f64::from(exp_approx(z))).sum();
         all.iter()
-            .map(|&(id, z)| (id, f64::from(z.exp()) / s))
+            .map(|&(id, z)| (id, f64::from(exp_approx(z)) / s))
             .collect()
     }
 
