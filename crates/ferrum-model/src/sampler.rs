@@ -134,6 +134,7 @@ pub struct Sampled {
 
 /// Per-request sampling state: the parameters, the random stream and the token history the
 /// penalties need. Create one per sequence; it is cheap.
+#[derive(Debug)]
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
