@@ -113,7 +113,7 @@ pub fn fetch_pip_file(
     })
 }
 
-/// List .gguf files under <home>/models with sizes (for `ferrum model list`).
+/// List .gguf files under `<home>/models` with sizes (for `ferrum model list`).
 pub fn list_models() -> Result<Vec<(PathBuf, u64)>> {
     list_gguf_in(&ferrum_home().join("models"))
 }
