@@ -119,7 +119,10 @@ pub fn run_tokenize(a: TokenizeArgs) -> Result<()> {
     };
     let file = ferrum_model::gguf::GgufFile::open(&path)?;
     let tok = Tokenizer::from_gguf(&file)?;
-    println!("{}", serde_json::to_string(&tok.encode(&a.text, a.special)?)?);
+    println!(
+        "{}",
+        serde_json::to_string(&tok.encode(&a.text, a.special)?)?
+    );
     Ok(())
 }
 
@@ -170,14 +173,26 @@ fn generate(
     let tail = dec.finish();
     on_text(&tail);
     text.push_str(&tail);
-    Ok(Generation { ids, text, first_top, prompt_s, gen_s: t1.elapsed().as_secs_f64() })
+    Ok(Generation {
+        ids,
+        text,
+        first_top,
+        prompt_s,
+        gen_s: t1.elapsed().as_secs_f64(),
+    })
 }
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let loaded = a.model.load()?;
     let tok = &loaded.tokenizer;
     let text = if a.chat {
-        loaded.template.render(&[ChatMessage { role: "user".into(), content: a.prompt.clone() }], true)?
+        loaded.template.render(
+            &[ChatMessage {
+                role: "user".into(),
+                content: a.prompt.clone(),
+            }],
+            true,
+        )?
     } else {
         a.prompt.clone()
     };
@@ -192,9 +207,15 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     }
     let ctx = loaded.model.config.context_length;
     if prompt.len() + a.sampling.max_tokens > ctx {
-        bail!("prompt ({} tokens) plus --max-tokens {} exceeds the context of {ctx}", prompt.len(), a.sampling.max_tokens);
+        bail!(
+            "prompt ({} tokens) plus --max-tokens {} exceeds the context of {ctx}",
+            prompt.len(),
+            a.sampling.max_tokens
+        );
     }
-    let runner = a.model.runner(&loaded.model, prompt.len() + a.sampling.max_tokens + 1)?;
+    let runner = a
+        .model
+        .runner(&loaded.model, prompt.len() + a.sampling.max_tokens + 1)?;
     let mut session = Session::new(runner);
     let stdout = std::io::stdout();
     let json = a.json;
@@ -208,7 +229,11 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let prompt_tps = prompt.len() as f64 / g.prompt_s.max(1e-9);
     let gen_tps = g.ids.len().saturating_sub(1) as f64 / g.gen_s.max(1e-9);
     if json {
-        let top: Vec<_> = g.first_top.iter().map(|&(id, lp)| serde_json::json!({"id": id, "logprob": lp})).collect();
+        let top: Vec<_> = g
+            .first_top
+            .iter()
+            .map(|&(id, lp)| serde_json::json!({"id": id, "logprob": lp}))
+            .collect();
         let out = serde_json::json!({
             "prompt_ids": prompt,
             "generated_ids": g.ids,
@@ -242,9 +267,14 @@ pub fn run_chat(a: ChatArgs) -> Result<()> {
     let mut session = Session::new(runner);
     let mut messages: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &a.system {
-        messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: s.clone(),
+        });
     }
-    eprintln!("ferrum chat: type a message; /reset clears the conversation, /exit or Ctrl-D quits.");
+    eprintln!(
+        "ferrum chat: type a message; /reset clears the conversation, /exit or Ctrl-D quits."
+    );
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
@@ -264,15 +294,26 @@ pub fn run_chat(a: ChatArgs) -> Result<()> {
             }
             _ => {}
         }
-        messages.push(ChatMessage { role: "user".into(), content: input.to_string() });
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: input.to_string(),
+        });
         let rendered = loaded.template.render(&messages, true)?;
         let prompt = tok.encode(&rendered, true)?;
         if prompt.len() + 1 >= session.capacity() {
-            eprintln!("[the conversation no longer fits in {} tokens; /reset to start over]", session.capacity());
+            eprintln!(
+                "[the conversation no longer fits in {} tokens; /reset to start over]",
+                session.capacity()
+            );
             messages.pop();
             continue;
         }
-        let cached = session.tokens().iter().zip(&prompt).take_while(|(a, b)| a == b).count();
+        let cached = session
+            .tokens()
+            .iter()
+            .zip(&prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         let mut out = std::io::stdout();
         let g = generate(&mut session, tok, &prompt, &a.sampling, |t| {
             let _ = out.write_all(t.as_bytes());
@@ -286,7 +327,10 @@ pub fn run_chat(a: ChatArgs) -> Result<()> {
             g.ids.len(),
             g.ids.len() as f64 / g.gen_s.max(1e-9)
         );
-        messages.push(ChatMessage { role: "assistant".into(), content: g.text.trim().to_string() });
+        messages.push(ChatMessage {
+            role: "assistant".into(),
+            content: g.text.trim().to_string(),
+        });
     }
     Ok(())
 }

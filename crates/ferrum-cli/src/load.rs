@@ -40,16 +40,26 @@ impl ModelArgs {
     /// Opens the file and builds model, tokenizer and template.
     pub fn load(&self) -> Result<Loaded> {
         let path = self.path()?;
-        let file = Arc::new(GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?);
+        let file =
+            Arc::new(GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?);
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let template = ChatTemplate::from_gguf(&file)?;
         let model = Arc::new(LlamaModel::load(file)?);
-        Ok(Loaded { model, tokenizer, template })
+        Ok(Loaded {
+            model,
+            tokenizer,
+            template,
+        })
     }
 
     /// A runner with a KV pool of at least `tokens` tokens.
     pub fn runner(&self, model: &Arc<LlamaModel>, tokens: usize) -> Result<LlamaRunner> {
         let block = 16;
-        Ok(LlamaRunner::new(Arc::clone(model), tokens.div_ceil(block).max(1), block, self.threads)?)
+        Ok(LlamaRunner::new(
+            Arc::clone(model),
+            tokens.div_ceil(block).max(1),
+            block,
+            self.threads,
+        )?)
     }
 }

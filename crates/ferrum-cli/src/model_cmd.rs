@@ -41,7 +41,13 @@ pub fn run(c: ModelCommand) -> Result<()> {
                 None => ferrum_model::fetch::default_model_path()?,
             };
             let f = GgufFile::open(&path)?;
-            println!("file: {} ({} bytes), GGUF v{}, alignment {}", path.display(), f.file_size(), f.version, f.alignment);
+            println!(
+                "file: {} ({} bytes), GGUF v{}, alignment {}",
+                path.display(),
+                f.file_size(),
+                f.version,
+                f.alignment
+            );
             println!("metadata ({} keys):", f.metadata.len());
             for (k, v) in &f.metadata {
                 println!("  {k:<45} {:<7} {v}", v.type_name());
@@ -49,7 +55,14 @@ pub fn run(c: ModelCommand) -> Result<()> {
             println!("tensors ({}):", f.tensors.len());
             for t in &f.tensors {
                 let dims: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
-                println!("  {:<32} {:<6} [{}] {} bytes @ {}", t.name, format!("{:?}", t.dtype), dims.join(", "), t.size, t.offset);
+                println!(
+                    "  {:<32} {:<6} [{}] {} bytes @ {}",
+                    t.name,
+                    format!("{:?}", t.dtype),
+                    dims.join(", "),
+                    t.size,
+                    t.offset
+                );
             }
         }
     }

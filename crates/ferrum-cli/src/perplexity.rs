@@ -32,7 +32,8 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(a: PerplexityArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
     let loaded = a.model.load()?;
     let ids = loaded.tokenizer.encode(&text, false)?;
     if a.window < 2 {
@@ -43,11 +44,18 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         windows = windows.min(a.max_windows);
     }
     if windows == 0 {
-        bail!("the file has {} tokens, fewer than one window of {}", ids.len(), a.window);
+        bail!(
+            "the file has {} tokens, fewer than one window of {}",
+            ids.len(),
+            a.window
+        );
     }
     let mut session = Session::new(a.model.runner(&loaded.model, a.window)?);
     let bar = indicatif::ProgressBar::new(windows as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} windows {msg}").expect("static template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} windows {msg}")
+            .expect("static template"),
+    );
     let t0 = Instant::now();
     let (mut nll, mut scored) = (0f64, 0usize);
     let vocab = loaded.model.config.vocab_size;
@@ -60,7 +68,12 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         for i in 0..win.len() - 1 {
             let row = &all[i * vocab..(i + 1) * vocab];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() + max as f64;
+            let lse = row
+                .iter()
+                .map(|&x| ((x - max) as f64).exp())
+                .sum::<f64>()
+                .ln()
+                + max as f64;
             nll += lse - row[win[i + 1] as usize] as f64;
             scored += 1;
         }

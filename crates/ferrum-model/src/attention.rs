@@ -1,15 +1,41 @@
-//! Attention of query heads over one sequence's paged f16 KV blocks.
+//! Attention of query heads over one sequence's paged f16 KV blocks, reproducing llama.cpp's
+//! CPU arithmetic.
 //!
-//! The query heads that share one KV head (grouped-query attention) are processed together so
-//! each key and value row is converted from f16 once. Scores are computed in f32 against f16
-//! keys, softmaxed with the max subtracted, and the values accumulated in f32. A query's result
-//! depends only on its own vector and its sequence's KV, never on other rows of the batch.
-//! Hand-written (with AVX2/F16C where present) because it is on the hot path and must read the
-//! paged layout directly.
-
-use half::f16;
+//! Why reproduce it: activations are re-quantized to 8 bits before every matmul, so a
+//! difference in the last bit of an attention output can flip a rounding and grow, layer by
+//! layer, into logit differences of a few tenths. Agreeing with llama.cpp within the golden
+//! tolerances therefore means doing attention with its rounding and its summation order:
+//!
+//! - the query is rounded to f16 (ggml converts it to the K cache's type);
+//! - scores: prompt tokens use the order of llama.cpp's batched f16 GEMM (tinyBLAS, 16 lanes,
+//!   one FMA chain per lane, then a halving tree); generated tokens use the order of
+//!   `ggml_vec_dot_f16` (4 x 16-lane accumulators, folded, then the same tree), both for
+//!   AVX-512 builds;
+//! - softmax with ggml's vectorized `expf`, the sum in f64 by chunks of 16, probabilities
+//!   rounded to f16;
+//! - values accumulated over positions in the same two lane orders.
+//!
+//! A query's result depends only on its own vector, its sequence's KV and whether it is a
+//! prompt or a generated token, never on other rows of the batch. Hand-written because it is
+//! on the hot path and reads the paged layout directly; the inner loops are plain arrays that
+//! the compiler vectorizes with FMA when the CPU has it.
 
 use crate::kv::KvCache;
+use crate::quant::Kernels;
+
+/// Lanes of the reproduced SIMD width (AVX-512: 16 f32).
+const LANES: usize = 16;
+/// Accumulators `ggml_vec_dot_f16` keeps (its step is 4 vectors).
+const ACCS: usize = 4;
+
+/// Which of llama.cpp's two CPU attention orders to reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arith {
+    /// Batched prompt evaluation (llama.cpp's GEMM path).
+    Prompt,
+    /// One generated token at a time (llama.cpp's dot-product path).
+    Decode,
+}
 
 /// Where one group of query heads attends.
 pub(crate) struct AttnTarget<'a> {
@@ -25,21 +51,198 @@ pub(crate) struct AttnTarget<'a> {
     pub n_ctx: usize,
 }
 
+/// Per-thread buffers, grown to the longest context seen.
+#[derive(Default)]
+pub(crate) struct AttnScratch {
+    q: Vec<f32>,
+    scores: Vec<f32>,
+    kf: Vec<f32>,
+    vf: Vec<f32>,
+    vacc: Vec<f32>,
+    bits: Vec<u16>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
 /// Computes `out[r] = softmax(q[r] . K^T * scale) . V` for the `n_rep` query heads in `q`
-/// (each `head_dim` long). `scores` must hold `n_rep * n_ctx` floats.
+/// (each `head_dim` long).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_group(
+    k: &Kernels,
     t: &AttnTarget<'_>,
     q: &[f32],
     n_rep: usize,
     scale: f32,
-    scores: &mut [f32],
+    arith: Arith,
+    s: &mut AttnScratch,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if fma_ok() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        unsafe { attend_group_fma(k, t, q, n_rep, scale, arith, s, out) };
+        return;
+    }
+    attend_group_impl(k, t, q, n_rep, scale, arith, s, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_group_fma(
+    k: &Kernels,
+    t: &AttnTarget<'_>,
+    q: &[f32],
+    n_rep: usize,
+    scale: f32,
+    arith: Arith,
+    s: &mut AttnScratch,
+    out: &mut [f32],
+) {
+    attend_group_impl(k, t, q, n_rep, scale, arith, s, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn fma_ok() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// Rounds each value to the nearest f16 and back.
+#[inline(always)]
+fn round_f16(k: &Kernels, xs: &mut [f32], bits: &mut Vec<u16>) {
+    if bits.len() < xs.len() {
+        bits.resize(xs.len(), 0);
+    }
+    let b = &mut bits[..xs.len()];
+    k.f32_to_f16(xs, b);
+    k.f16_to_f32(b, xs);
+}
+
+/// ggml's `_mm512_reduce_add_ps` order: halve 16 -> 8 -> 4 -> 2 -> 1.
+#[inline(always)]
+fn tree16(a: &[f32; LANES]) -> f32 {
+    let mut b = [0f32; 8];
+    for i in 0..8 {
+        b[i] = a[i + 8] + a[i];
+    }
+    let c = [b[4] + b[0], b[5] + b[1], b[6] + b[2], b[7] + b[3]];
+    let d0 = c[0] + c[2];
+    let d1 = c[1] + c[3];
+    d0 + d1
+}
+
+/// Dot product in the order of llama.cpp's batched f16 GEMM: lane `i % 16` chains FMAs.
+#[inline(always)]
+fn dot_gemm(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    for (xc, yc) in x.chunks_exact(LANES).zip(y.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] = xc[l].mul_add(yc[l], acc[l]);
+        }
+    }
+    tree16(&acc)
+}
+
+/// Dot product in the order of `ggml_vec_dot_f16`: 4 accumulators of 16 lanes over steps of
+/// 64, folded (0+2, 1+3, 0+1), reduced, then leftovers added in f64.
+#[inline(always)]
+fn dot_vec(x: &[f32], y: &[f32]) -> f32 {
+    let step = LANES * ACCS;
+    let np = x.len() / step * step;
+    let mut acc = [[0f32; LANES]; ACCS];
+    for i in (0..np).step_by(step) {
+        for (a, accv) in acc.iter_mut().enumerate() {
+            let o = i + a * LANES;
+            for l in 0..LANES {
+                accv[l] = x[o + l].mul_add(y[o + l], accv[l]);
+            }
+        }
+    }
+    let mut sum = fold_accs(&acc) as f64;
+    for i in np..x.len() {
+        sum += (x[i] * y[i]) as f64;
+    }
+    sum as f32
+}
+
+#[inline(always)]
+fn fold_accs(acc: &[[f32; LANES]; ACCS]) -> f32 {
+    let mut x0 = [0f32; LANES];
+    for l in 0..LANES {
+        let a = acc[0][l] + acc[2][l];
+        let b = acc[1][l] + acc[3][l];
+        x0[l] = a + b;
+    }
+    tree16(&x0)
+}
+
+/// ggml's vectorized `expf` (the AVX-512 variant), element by element.
+#[inline(always)]
+pub(crate) fn ggml_expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000);
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r);
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e),
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x),
+    );
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010)
+        .mul_add(b, f32::from_bits(0x3d2b_9f17))
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
+    if n.abs() > 192.0 || n.is_nan() {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // scalef: j * 2^n for the integral n in [-192, 192], in two exact steps when out of range.
+    let ni = n as i32;
+    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    if ni < -126 {
+        j * pow2(-126) * pow2(ni + 126)
+    } else if ni > 127 {
+        j * pow2(127) * pow2(ni - 127)
+    } else {
+        j * pow2(ni)
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_group_impl(
+    k: &Kernels,
+    t: &AttnTarget<'_>,
+    q: &[f32],
+    n_rep: usize,
+    scale: f32,
+    arith: Arith,
+    s: &mut AttnScratch,
     out: &mut [f32],
 ) {
     let hd = t.kv.shape().head_dim;
     let bs = t.kv.block_size();
     let n_ctx = t.n_ctx;
-    let simd = simd_ok();
-    // Pass 1: scores.
+    // The GEMM order needs whole lanes; llama.cpp falls back to the dot path otherwise.
+    let arith = if !hd.is_multiple_of(LANES) {
+        Arith::Decode
+    } else {
+        arith
+    };
+    grow(&mut s.q, n_rep * hd);
+    s.q[..n_rep * hd].copy_from_slice(&q[..n_rep * hd]);
+    round_f16(k, &mut s.q[..n_rep * hd], &mut s.bits);
+    grow(&mut s.scores, n_rep * n_ctx);
+    grow(&mut s.kf, bs * hd);
+    grow(&mut s.vf, bs * hd);
+
+    // Scores.
     for (bi, &block) in t.block_table.iter().enumerate() {
         let first = bi * bs;
         if first >= n_ctx {
@@ -47,30 +250,46 @@ pub(crate) fn attend_group(
         }
         let n_here = bs.min(n_ctx - first);
         let kb = t.kv.k_block(t.layer, block as usize, t.kv_head);
-        for s in 0..n_here {
-            let krow = &kb[s * hd..(s + 1) * hd];
+        k.f16_to_f32(&kb[..n_here * hd], &mut s.kf[..n_here * hd]);
+        for slot in 0..n_here {
+            let krow = &s.kf[slot * hd..(slot + 1) * hd];
             for r in 0..n_rep {
-                let qr = &q[r * hd..(r + 1) * hd];
-                scores[r * n_ctx + first + s] = dot_f16(simd, qr, krow) * scale;
+                let qr = &s.q[r * hd..(r + 1) * hd];
+                let dot = match arith {
+                    Arith::Prompt => dot_gemm(krow, qr),
+                    Arith::Decode => dot_vec(krow, qr),
+                };
+                s.scores[r * n_ctx + first + slot] = dot * scale;
             }
         }
     }
-    // Softmax per head.
+    // Softmax per head: ggml's expf, f64 sum of 16-wide chunks, probabilities to f16.
     for r in 0..n_rep {
-        let sc = &mut scores[r * n_ctx..(r + 1) * n_ctx];
+        let sc = &mut s.scores[r * n_ctx..(r + 1) * n_ctx];
         let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for x in sc.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
+        let mut sum = 0f64;
+        for chunk in sc.chunks_mut(LANES) {
+            let mut lanes = [0f32; LANES];
+            for (l, x) in chunk.iter_mut().enumerate() {
+                *x = ggml_expf(*x - max);
+                lanes[l] = *x;
+            }
+            sum += tree16(&lanes) as f64;
         }
-        let inv = 1.0 / sum;
+        let inv = (1.0 / sum) as f32;
         for x in sc.iter_mut() {
             *x *= inv;
         }
+        round_f16(k, sc, &mut s.bits);
     }
-    // Pass 2: weighted values.
-    out[..n_rep * hd].fill(0.0);
+    // Values: lane (and accumulator) chosen by position, chains over positions.
+    let n_acc = match arith {
+        Arith::Prompt => 1,
+        Arith::Decode => ACCS,
+    };
+    let acc_len = n_acc * LANES * hd;
+    grow(&mut s.vacc, n_rep * acc_len);
+    s.vacc[..n_rep * acc_len].fill(0.0);
     for (bi, &block) in t.block_table.iter().enumerate() {
         let first = bi * bs;
         if first >= n_ctx {
@@ -78,99 +297,41 @@ pub(crate) fn attend_group(
         }
         let n_here = bs.min(n_ctx - first);
         let vb = t.kv.v_block(t.layer, block as usize, t.kv_head);
-        for s in 0..n_here {
-            let vrow = &vb[s * hd..(s + 1) * hd];
+        k.f16_to_f32(&vb[..n_here * hd], &mut s.vf[..n_here * hd]);
+        for slot in 0..n_here {
+            let j = first + slot;
+            let lane = j % LANES;
+            let a = (j / LANES) % n_acc;
+            let vrow = &s.vf[slot * hd..(slot + 1) * hd];
             for r in 0..n_rep {
-                let p = scores[r * n_ctx + first + s];
-                axpy_f16(simd, &mut out[r * hd..(r + 1) * hd], p, vrow);
+                let p = s.scores[r * n_ctx + j];
+                let o = r * acc_len + (a * LANES + lane) * hd;
+                let acc = &mut s.vacc[o..o + hd];
+                for d in 0..hd {
+                    acc[d] = vrow[d].mul_add(p, acc[d]);
+                }
             }
         }
     }
-}
-
-fn simd_ok() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| {
-            is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-#[inline]
-fn dot_f16(simd: bool, q: &[f32], k: &[f16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if simd && q.len() % 8 == 0 {
-        // SAFETY: AVX2, FMA and F16C were detected at run time.
-        return unsafe { x86::dot_f16(q, k) };
-    }
-    let _ = simd;
-    q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum()
-}
-
-#[inline]
-fn axpy_f16(simd: bool, y: &mut [f32], a: f32, x: &[f16]) {
-    #[cfg(target_arch = "x86_64")]
-    if simd && y.len() % 8 == 0 {
-        // SAFETY: AVX2, FMA and F16C were detected at run time.
-        unsafe { x86::axpy_f16(y, a, x) };
-        return;
-    }
-    let _ = simd;
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi.to_f32();
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use half::f16;
-    use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
-        let n = q.len().min(k.len());
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            let k0 = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i) as *const __m128i));
-            let k1 = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i + 8) as *const __m128i));
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), k0, acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i + 8)), k1, acc1);
-            i += 16;
-        }
-        while i + 8 <= n {
-            let k0 = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i) as *const __m128i));
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), k0, acc0);
-            i += 8;
-        }
-        let acc = _mm256_add_ps(acc0, acc1);
-        let lo = _mm256_castps256_ps128(acc);
-        let hi = _mm256_extractf128_ps(acc, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
-        let n = y.len().min(x.len());
-        let av = _mm256_set1_ps(a);
-        let mut i = 0;
-        while i + 8 <= n {
-            let xv = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i) as *const __m128i));
-            let yp = y.as_mut_ptr().add(i);
-            _mm256_storeu_ps(yp, _mm256_fmadd_ps(av, xv, _mm256_loadu_ps(yp)));
-            i += 8;
+    for r in 0..n_rep {
+        let accs = &s.vacc[r * acc_len..(r + 1) * acc_len];
+        let o = &mut out[r * hd..(r + 1) * hd];
+        for (d, od) in o.iter_mut().enumerate() {
+            let at = |a: usize, l: usize| accs[(a * LANES + l) * hd + d];
+            let mut x0 = [0f32; LANES];
+            match arith {
+                Arith::Prompt => {
+                    for (l, x) in x0.iter_mut().enumerate() {
+                        *x = at(0, l);
+                    }
+                }
+                Arith::Decode => {
+                    for (l, x) in x0.iter_mut().enumerate() {
+                        *x = (at(0, l) + at(2, l)) + (at(1, l) + at(3, l));
+                    }
+                }
+            }
+            *od = tree16(&x0);
         }
     }
 }
@@ -180,25 +341,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn simd_f16_dot_and_axpy_agree_with_scalar() {
-        let q: Vec<f32> = (0..64)
-            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 7.0)
-            .collect();
-        let k: Vec<f16> = (0..64)
-            .map(|i| f16::from_f32(((i * 11 % 13) as f32 - 6.0) / 5.0))
-            .collect();
-        let scalar = dot_f16(false, &q, &k);
-        let fast = dot_f16(simd_ok(), &q, &k);
-        assert!(
-            (scalar - fast).abs() <= 1e-4 * scalar.abs().max(1.0),
-            "{scalar} vs {fast}"
-        );
-        let mut y1 = q.clone();
-        let mut y2 = q.clone();
-        axpy_f16(false, &mut y1, 0.3, &k);
-        axpy_f16(simd_ok(), &mut y2, 0.3, &k);
-        for (a, b) in y1.iter().zip(&y2) {
-            assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+    fn ggml_expf_is_close_to_exp() {
+        for i in -2000..200 {
+            let x = i as f32 * 0.05;
+            let (a, b) = (ggml_expf(x), x.exp());
+            assert!(
+                (a - b).abs() <= 4.0 * f32::EPSILON * b.max(f32::MIN_POSITIVE),
+                "{x}: {a} vs {b}"
+            );
         }
+        assert_eq!(ggml_expf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(ggml_expf(-200.0), 0.0);
+    }
+
+    #[test]
+    fn reduction_orders_sum_correctly() {
+        let x: Vec<f32> = (0..200).map(|i| (i % 7) as f32 - 3.0).collect();
+        let y: Vec<f32> = (0..200).map(|i| (i % 5) as f32 * 0.5).collect();
+        let exact: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum();
+        assert!((dot_vec(&x, &y) as f64 - exact).abs() < 1e-3);
+        assert!(
+            (dot_gemm(&x[..192], &y[..192]) as f64
+                - x[..192]
+                    .iter()
+                    .zip(&y[..192])
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum::<f64>())
+            .abs()
+                < 1e-3
+        );
     }
 }

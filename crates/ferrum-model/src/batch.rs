@@ -17,6 +17,11 @@ pub struct SeqSlice {
     pub ctx_before: usize,
     /// KV block ids covering positions `0..ctx_before + len`, in order.
     pub block_table: Vec<u32>,
+    /// True when the slice holds generated tokens fed back one step at a time, false for
+    /// prompt tokens. Attention reproduces llama.cpp's arithmetic for each case (its decode
+    /// and its batched-prompt paths round differently), so a token's result depends on this
+    /// flag and never on what else is in the batch.
+    pub decode: bool,
 }
 
 /// A batch of flattened tokens from one or more sequences.
@@ -31,7 +36,9 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Appends a sequence's new tokens; returns the row index of its last token.
+    /// Appends a sequence's new tokens; returns the row index of its last token. A single
+    /// token counts as a decode step, several as prompt tokens; set [`SeqSlice::decode`]
+    /// afterwards to say otherwise.
     pub fn push_seq(&mut self, tokens: &[u32], ctx_before: usize, block_table: &[u32]) -> usize {
         let start = self.tokens.len();
         self.tokens.extend_from_slice(tokens);
@@ -40,6 +47,7 @@ impl Batch {
             len: tokens.len(),
             ctx_before,
             block_table: block_table.to_vec(),
+            decode: tokens.len() == 1,
         });
         start + tokens.len().saturating_sub(1)
     }

@@ -32,8 +32,9 @@ pub struct KvCache {
     shape: KvShape,
     block_size: usize,
     num_blocks: usize,
-    k: Vec<f16>,
-    v: Vec<f16>,
+    /// f16 bit patterns.
+    k: Vec<u16>,
+    v: Vec<u16>,
 }
 
 impl std::fmt::Debug for KvCache {
@@ -64,8 +65,8 @@ impl KvCache {
             shape,
             block_size,
             num_blocks,
-            k: vec![f16::ZERO; len],
-            v: vec![f16::ZERO; len],
+            k: vec![0u16; len],
+            v: vec![0u16; len],
         })
     }
 
@@ -94,14 +95,14 @@ impl KvCache {
 
     /// One head's keys in one block: `block_size * head_dim` values.
     #[inline]
-    pub(crate) fn k_block(&self, layer: usize, block: usize, head: usize) -> &[f16] {
+    pub(crate) fn k_block(&self, layer: usize, block: usize, head: usize) -> &[u16] {
         let o = self.head_offset(layer, block, head);
         &self.k[o..o + self.block_size * self.shape.head_dim]
     }
 
     /// One head's values in one block.
     #[inline]
-    pub(crate) fn v_block(&self, layer: usize, block: usize, head: usize) -> &[f16] {
+    pub(crate) fn v_block(&self, layer: usize, block: usize, head: usize) -> &[u16] {
         let o = self.head_offset(layer, block, head);
         &self.v[o..o + self.block_size * self.shape.head_dim]
     }
@@ -122,10 +123,10 @@ impl KvCache {
         for h in 0..self.shape.n_kv_heads {
             let o = self.head_offset(layer, block, h) + slot * hd;
             for (dst, &src) in self.k[o..o + hd].iter_mut().zip(&k[h * hd..(h + 1) * hd]) {
-                *dst = f16::from_f32(src);
+                *dst = f16::from_f32(src).to_bits();
             }
             for (dst, &src) in self.v[o..o + hd].iter_mut().zip(&v[h * hd..(h + 1) * hd]) {
-                *dst = f16::from_f32(src);
+                *dst = f16::from_f32(src).to_bits();
             }
         }
     }

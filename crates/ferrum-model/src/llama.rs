@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::attention::{attend_group, AttnTarget};
+use crate::attention::{attend_group, Arith, AttnScratch, AttnTarget};
 use crate::batch::Batch;
 use crate::dtype::GgmlType;
 use crate::error::{Error, Result};
@@ -50,17 +50,27 @@ impl LlamaConfig {
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         let arch = f.get_str("general.architecture")?;
         if arch != "llama" {
-            return Err(Error::unsupported(format!("architecture {arch:?} (only \"llama\" is implemented)")));
+            return Err(Error::unsupported(format!(
+                "architecture {arch:?} (only \"llama\" is implemented)"
+            )));
         }
         let g = |k: &str| -> Result<usize> { Ok(f.get_u64(&format!("llama.{k}"))? as usize) };
         let n_embd = g("embedding_length")?;
         let n_heads = g("attention.head_count")?;
-        let n_kv_heads = f.get("llama.attention.head_count_kv").and_then(|v| v.as_u64()).map_or(n_heads, |v| v as usize);
+        let n_kv_heads = f
+            .get("llama.attention.head_count_kv")
+            .and_then(|v| v.as_u64())
+            .map_or(n_heads, |v| v as usize);
         if n_heads == 0 || n_kv_heads == 0 || n_embd % n_heads != 0 || n_heads % n_kv_heads != 0 {
-            return Err(Error::gguf(format!("inconsistent heads: embd {n_embd}, heads {n_heads}, kv heads {n_kv_heads}")));
+            return Err(Error::gguf(format!(
+                "inconsistent heads: embd {n_embd}, heads {n_heads}, kv heads {n_kv_heads}"
+            )));
         }
         let head_dim = n_embd / n_heads;
-        let rope_dim = f.get("llama.rope.dimension_count").and_then(|v| v.as_u64()).map_or(head_dim, |v| v as usize);
+        let rope_dim = f
+            .get("llama.rope.dimension_count")
+            .and_then(|v| v.as_u64())
+            .map_or(head_dim, |v| v as usize);
         let vocab_size = match f.get("llama.vocab_size").and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
             None => f.get_array("tokenizer.ggml.tokens")?.len(),
@@ -73,20 +83,35 @@ impl LlamaConfig {
             n_kv_heads,
             head_dim,
             rope_dim: rope_dim.min(head_dim),
-            rope_base: f.get("llama.rope.freq_base").and_then(|v| v.as_f64()).unwrap_or(10000.0) as f32,
-            rms_eps: f.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            rope_base: f
+                .get("llama.rope.freq_base")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10000.0) as f32,
+            rms_eps: f
+                .get_f32("llama.attention.layer_norm_rms_epsilon")
+                .unwrap_or(1e-5),
             context_length: g("context_length")?,
             vocab_size,
         };
-        if cfg.n_layers == 0 || cfg.n_layers > 1024 || cfg.n_ff == 0 || cfg.head_dim % 2 != 0 {
-            return Err(Error::gguf(format!("implausible model configuration {cfg:?}")));
+        if cfg.n_layers == 0
+            || cfg.n_layers > 1024
+            || cfg.n_ff == 0
+            || !cfg.head_dim.is_multiple_of(2)
+        {
+            return Err(Error::gguf(format!(
+                "implausible model configuration {cfg:?}"
+            )));
         }
         Ok(cfg)
     }
 
     /// The KV cache shape this model needs.
     pub fn kv_shape(&self) -> KvShape {
-        KvShape { n_layers: self.n_layers, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim }
+        KvShape {
+            n_layers: self.n_layers,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 }
 
@@ -117,9 +142,14 @@ impl std::fmt::Debug for QMatrix {
 
 impl QMatrix {
     fn load(file: &Arc<GgufFile>, name: &str, cols: usize, rows: usize) -> Result<Self> {
-        let t = file.tensor(name).ok_or_else(|| Error::gguf(format!("missing tensor {name:?}")))?;
+        let t = file
+            .tensor(name)
+            .ok_or_else(|| Error::gguf(format!("missing tensor {name:?}")))?;
         if t.row_len() != cols || t.n_rows() != rows {
-            return Err(Error::gguf(format!("tensor {name:?} has shape {:?}, expected [{cols}, {rows}]", t.dims)));
+            return Err(Error::gguf(format!(
+                "tensor {name:?} has shape {:?}, expected [{cols}, {rows}]",
+                t.dims
+            )));
         }
         if quant::vec_dot_type(t.dtype) == GgmlType::F32 && t.dtype != GgmlType::F32 {
             // F16/BF16 matrices are fine too: the kernels dot them against f32 activations.
@@ -175,14 +205,21 @@ pub struct LlamaModel {
 
 impl std::fmt::Debug for LlamaModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LlamaModel").field("config", &self.config).finish()
+        f.debug_struct("LlamaModel")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
 fn load_f32(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
-    let t = file.tensor(name).ok_or_else(|| Error::gguf(format!("missing tensor {name:?}")))?;
+    let t = file
+        .tensor(name)
+        .ok_or_else(|| Error::gguf(format!("missing tensor {name:?}")))?;
     if t.n_elements() != len as u64 {
-        return Err(Error::gguf(format!("tensor {name:?} has {} elements, expected {len}", t.n_elements())));
+        return Err(Error::gguf(format!(
+            "tensor {name:?} has {} elements, expected {len}",
+            t.n_elements()
+        )));
     }
     let mut out = vec![0.0; len];
     quant::dequantize_row(t.dtype, file.tensor_data(t), &mut out);
@@ -211,11 +248,23 @@ impl LlamaModel {
         }
         let tok_embd = QMatrix::load(&file, "token_embd.weight", c.n_embd, c.vocab_size)?;
         let output = match file.tensor("output.weight") {
-            Some(_) => Some(QMatrix::load(&file, "output.weight", c.n_embd, c.vocab_size)?),
+            Some(_) => Some(QMatrix::load(
+                &file,
+                "output.weight",
+                c.n_embd,
+                c.vocab_size,
+            )?),
             None => None,
         };
         let output_norm = load_f32(&file, "output_norm.weight", c.n_embd)?;
-        Ok(LlamaModel { config: c, file, tok_embd, layers, output_norm, output })
+        Ok(LlamaModel {
+            config: c,
+            file,
+            tok_embd,
+            layers,
+            output_norm,
+            output,
+        })
     }
 
     /// Opens and loads a GGUF model file.
@@ -261,6 +310,13 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Everything needed to run forward steps: the model, its KV pool, a thread pool and scratch.
 pub struct LlamaRunner {
     model: Arc<LlamaModel>,
@@ -272,15 +328,19 @@ pub struct LlamaRunner {
 
 impl std::fmt::Debug for LlamaRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LlamaRunner({:?}, {:?}, {:?})", self.model.config, self.kv, self.pool)
+        write!(
+            f,
+            "LlamaRunner({:?}, {:?}, {:?})",
+            self.model.config, self.kv, self.pool
+        )
     }
 }
 
 thread_local! {
     /// Each pool thread's matmul output tile.
     static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Each pool thread's attention scores (grown to the longest context seen).
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each pool thread's attention buffers (grown to the longest context seen).
+    static ATTN: std::cell::RefCell<AttnScratch> = std::cell::RefCell::new(AttnScratch::default());
 }
 
 /// Rows of weights per matmul tile: small enough to stay in L1 while all columns stream past.
@@ -291,9 +351,20 @@ const TILE_COLS: usize = 64;
 impl LlamaRunner {
     /// A runner with a KV pool of `num_blocks` blocks of `block_size` tokens and `n_threads`
     /// threads (0 = one per core).
-    pub fn new(model: Arc<LlamaModel>, num_blocks: usize, block_size: usize, n_threads: usize) -> Result<Self> {
+    pub fn new(
+        model: Arc<LlamaModel>,
+        num_blocks: usize,
+        block_size: usize,
+        n_threads: usize,
+    ) -> Result<Self> {
         let kv = KvCache::new(model.config.kv_shape(), num_blocks, block_size)?;
-        Ok(LlamaRunner { model, kv, pool: ThreadPool::new(n_threads), kernels: quant::kernels(), scratch: Scratch::default() })
+        Ok(LlamaRunner {
+            model,
+            kv,
+            pool: ThreadPool::new(n_threads),
+            kernels: quant::kernels(),
+            scratch: Scratch::default(),
+        })
     }
 
     /// The model.
@@ -330,7 +401,9 @@ impl LlamaRunner {
         let t = batch.tokens.len();
         let vocab = c.vocab_size;
         if let Some(&bad) = batch.tokens.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary of {vocab}")));
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
         }
         for s in &batch.seqs {
             if s.ctx_before + s.len > c.context_length.max(1) * 64 {
@@ -358,40 +431,169 @@ impl LlamaRunner {
         }
         // Embeddings.
         for (i, &tok) in batch.tokens.iter().enumerate() {
-            quant::dequantize_row(model.tok_embd.dtype, model.tok_embd.row(tok as usize), &mut sc.x[i * e..(i + 1) * e]);
+            quant::dequantize_row(
+                model.tok_embd.dtype,
+                model.tok_embd.row(tok as usize),
+                &mut sc.x[i * e..(i + 1) * e],
+            );
         }
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         for (li, layer) in model.layers.iter().enumerate() {
             // Attention block.
-            rms_norm_rows(&self.pool, &sc.x[..t * e], &layer.attn_norm, c.rms_eps, &mut sc.xn[..t * e]);
+            rms_norm_rows(
+                &self.pool,
+                &sc.x[..t * e],
+                &layer.attn_norm,
+                c.rms_eps,
+                &mut sc.xn[..t * e],
+            );
             let acts = quantize_rows(&self.pool, layer.wq.dtype, &sc.xn[..t * e], e, &mut sc.acts);
-            matmul(&self.pool, self.kernels, &layer.wq, acts, t, &mut sc.q[..t * e]);
-            let acts = if layer.wk.dtype == layer.wq.dtype { acts } else { quantize_rows(&self.pool, layer.wk.dtype, &sc.xn[..t * e], e, &mut sc.acts) };
-            matmul(&self.pool, self.kernels, &layer.wk, acts, t, &mut sc.k[..t * kvd]);
-            let acts = if layer.wv.dtype == layer.wk.dtype { acts } else { quantize_rows(&self.pool, layer.wv.dtype, &sc.xn[..t * e], e, &mut sc.acts) };
-            matmul(&self.pool, self.kernels, &layer.wv, acts, t, &mut sc.v[..t * kvd]);
+            matmul(
+                &self.pool,
+                self.kernels,
+                &layer.wq,
+                acts,
+                t,
+                &mut sc.q[..t * e],
+            );
+            let acts = if layer.wk.dtype == layer.wq.dtype {
+                acts
+            } else {
+                quantize_rows(&self.pool, layer.wk.dtype, &sc.xn[..t * e], e, &mut sc.acts)
+            };
+            matmul(
+                &self.pool,
+                self.kernels,
+                &layer.wk,
+                acts,
+                t,
+                &mut sc.k[..t * kvd],
+            );
+            let acts = if layer.wv.dtype == layer.wk.dtype {
+                acts
+            } else {
+                quantize_rows(&self.pool, layer.wv.dtype, &sc.xn[..t * e], e, &mut sc.acts)
+            };
+            matmul(
+                &self.pool,
+                self.kernels,
+                &layer.wv,
+                acts,
+                t,
+                &mut sc.v[..t * kvd],
+            );
             for i in 0..t {
                 let p = sc.pos[i] as usize;
-                rope(&mut sc.q[i * e..(i + 1) * e], c.head_dim, c.rope_dim, p, c.rope_base);
-                rope(&mut sc.k[i * kvd..(i + 1) * kvd], c.head_dim, c.rope_dim, p, c.rope_base);
+                rope(
+                    &mut sc.q[i * e..(i + 1) * e],
+                    c.head_dim,
+                    c.rope_dim,
+                    p,
+                    c.rope_base,
+                );
+                rope(
+                    &mut sc.k[i * kvd..(i + 1) * kvd],
+                    c.head_dim,
+                    c.rope_dim,
+                    p,
+                    c.rope_base,
+                );
                 let s = &batch.seqs[sc.seq_of[i] as usize];
-                self.kv.store(li, &s.block_table, p, &sc.k[i * kvd..(i + 1) * kvd], &sc.v[i * kvd..(i + 1) * kvd]);
+                self.kv.store(
+                    li,
+                    &s.block_table,
+                    p,
+                    &sc.k[i * kvd..(i + 1) * kvd],
+                    &sc.v[i * kvd..(i + 1) * kvd],
+                );
             }
-            attention(&self.pool, &self.kv, li, batch, c, &sc.pos, &sc.seq_of, &sc.q[..t * e], scale, &mut sc.attn[..t * e]);
-            let acts = quantize_rows(&self.pool, layer.wo.dtype, &sc.attn[..t * e], e, &mut sc.acts);
-            matmul(&self.pool, self.kernels, &layer.wo, acts, t, &mut sc.tmp[..t * e]);
+            attention(
+                &self.pool,
+                self.kernels,
+                &self.kv,
+                li,
+                batch,
+                c,
+                &sc.pos,
+                &sc.seq_of,
+                &sc.q[..t * e],
+                scale,
+                &mut sc.attn[..t * e],
+            );
+            let acts = quantize_rows(
+                &self.pool,
+                layer.wo.dtype,
+                &sc.attn[..t * e],
+                e,
+                &mut sc.acts,
+            );
+            matmul(
+                &self.pool,
+                self.kernels,
+                &layer.wo,
+                acts,
+                t,
+                &mut sc.tmp[..t * e],
+            );
             add_in_place(&mut sc.x[..t * e], &sc.tmp[..t * e]);
             // MLP block.
-            rms_norm_rows(&self.pool, &sc.x[..t * e], &layer.ffn_norm, c.rms_eps, &mut sc.xn[..t * e]);
-            let acts = quantize_rows(&self.pool, layer.w_gate.dtype, &sc.xn[..t * e], e, &mut sc.acts);
-            matmul(&self.pool, self.kernels, &layer.w_gate, acts, t, &mut sc.gate[..t * ff]);
-            let acts = if layer.w_up.dtype == layer.w_gate.dtype { acts } else { quantize_rows(&self.pool, layer.w_up.dtype, &sc.xn[..t * e], e, &mut sc.acts) };
-            matmul(&self.pool, self.kernels, &layer.w_up, acts, t, &mut sc.up[..t * ff]);
-            for (g, u) in sc.gate[..t * ff].iter_mut().zip(&sc.up[..t * ff]) {
-                *g = silu(*g) * u;
-            }
-            let acts = quantize_rows(&self.pool, layer.w_down.dtype, &sc.gate[..t * ff], ff, &mut sc.acts);
-            matmul(&self.pool, self.kernels, &layer.w_down, acts, t, &mut sc.tmp[..t * e]);
+            rms_norm_rows(
+                &self.pool,
+                &sc.x[..t * e],
+                &layer.ffn_norm,
+                c.rms_eps,
+                &mut sc.xn[..t * e],
+            );
+            let acts = quantize_rows(
+                &self.pool,
+                layer.w_gate.dtype,
+                &sc.xn[..t * e],
+                e,
+                &mut sc.acts,
+            );
+            matmul(
+                &self.pool,
+                self.kernels,
+                &layer.w_gate,
+                acts,
+                t,
+                &mut sc.gate[..t * ff],
+            );
+            let acts = if layer.w_up.dtype == layer.w_gate.dtype {
+                acts
+            } else {
+                quantize_rows(
+                    &self.pool,
+                    layer.w_up.dtype,
+                    &sc.xn[..t * e],
+                    e,
+                    &mut sc.acts,
+                )
+            };
+            matmul(
+                &self.pool,
+                self.kernels,
+                &layer.w_up,
+                acts,
+                t,
+                &mut sc.up[..t * ff],
+            );
+            swiglu(&mut sc.gate[..t * ff], &sc.up[..t * ff]);
+            let acts = quantize_rows(
+                &self.pool,
+                layer.w_down.dtype,
+                &sc.gate[..t * ff],
+                ff,
+                &mut sc.acts,
+            );
+            matmul(
+                &self.pool,
+                self.kernels,
+                &layer.w_down,
+                acts,
+                t,
+                &mut sc.tmp[..t * e],
+            );
             add_in_place(&mut sc.x[..t * e], &sc.tmp[..t * e]);
         }
         // LM head on the requested rows only.
@@ -401,29 +603,42 @@ impl LlamaRunner {
             sc.head_x[j * e..(j + 1) * e].copy_from_slice(&sc.x[row * e..(row + 1) * e]);
         }
         grow(&mut sc.xn, r * e);
-        rms_norm_rows(&self.pool, &sc.head_x[..r * e], &model.output_norm, c.rms_eps, &mut sc.xn[..r * e]);
+        rms_norm_rows(
+            &self.pool,
+            &sc.head_x[..r * e],
+            &model.output_norm,
+            c.rms_eps,
+            &mut sc.xn[..r * e],
+        );
         let head = model.lm_head();
         let acts = quantize_rows(&self.pool, head.dtype, &sc.xn[..r * e], e, &mut sc.acts);
         grow(&mut sc.logits, r * vocab);
-        matmul(&self.pool, self.kernels, head, acts, r, &mut sc.logits[..r * vocab]);
+        matmul(
+            &self.pool,
+            self.kernels,
+            head,
+            acts,
+            r,
+            &mut sc.logits[..r * vocab],
+        );
         Ok(&sc.logits[..r * vocab])
     }
 }
 
-/// `out[i] = x[i] / rms(x[i]) * w` per row, summing squares in f64 as ggml does.
+/// `out[i] = x[i] / rms(x[i]) * w` per row, rounding as ggml does.
 fn rms_norm_rows(pool: &ThreadPool, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let n = w.len();
     let rows = x.len() / n;
     let outp = SharedOut(out.as_mut_ptr());
     let body = |tid: usize, nt: usize| {
-        let outp = outp;
         for r in split_range(rows, tid, nt, 1) {
             let xr = &x[r * n..(r + 1) * n];
-            let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            // Squares in f32, summed in f64, as ggml does.
+            let ss: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
             let scale = 1.0 / ((ss / n as f64) as f32 + eps).sqrt();
             for j in 0..n {
                 // SAFETY: row r is written by this thread only.
-                unsafe { *outp.0.add(r * n + j) = xr[j] * scale * w[j] };
+                unsafe { *outp.ptr().add(r * n + j) = xr[j] * scale * w[j] };
             }
         }
     };
@@ -435,9 +650,17 @@ fn rms_norm_rows(pool: &ThreadPool, x: &[f32], w: &[f32], eps: f32, out: &mut [f
 }
 
 /// Quantizes each row of `x` (rows of `n`) to the activation type for weights of `w_ty`.
-fn quantize_rows<'a>(pool: &ThreadPool, w_ty: GgmlType, x: &[f32], n: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
+fn quantize_rows<'a>(
+    pool: &ThreadPool,
+    w_ty: GgmlType,
+    x: &[f32],
+    n: usize,
+    buf: &'a mut Vec<u8>,
+) -> &'a [u8] {
     let a_ty = quant::vec_dot_type(w_ty);
-    let rb = a_ty.row_bytes(n as u64).expect("activation row size: programming error") as usize;
+    let rb = a_ty
+        .row_bytes(n as u64)
+        .expect("activation row size: programming error") as usize;
     let rows = x.len() / n;
     grow(buf, rows * rb);
     let base = buf.as_mut_ptr() as usize;
@@ -462,7 +685,6 @@ fn matmul(pool: &ThreadPool, k: &Kernels, w: &QMatrix, acts: &[u8], t: usize, ou
     let outp = SharedOut(out.as_mut_ptr());
     let rows = w.rows;
     pool.run(|tid, nt| {
-        let outp = outp;
         let my = split_range(rows, tid, nt, TILE_ROWS);
         TILE.with(|tile| {
             let mut tile = tile.borrow_mut();
@@ -474,11 +696,20 @@ fn matmul(pool: &ThreadPool, k: &Kernels, w: &QMatrix, acts: &[u8], t: usize, ou
                 let mut c0 = 0;
                 while c0 < t {
                     let nc = TILE_COLS.min(t - c0);
-                    k.matmul_tile(w.dtype, w.cols, wb, nr, &acts[c0 * a_rb..(c0 + nc) * a_rb], nc, &mut tile[..nr * nc], nr);
+                    k.matmul_tile(
+                        w.dtype,
+                        w.cols,
+                        wb,
+                        nr,
+                        &acts[c0 * a_rb..(c0 + nc) * a_rb],
+                        nc,
+                        &mut tile[..nr * nc],
+                        nr,
+                    );
                     for c in 0..nc {
                         for r in 0..nr {
                             // SAFETY: rows r0..r0+nr belong to this thread alone.
-                            unsafe { *outp.0.add((c0 + c) * rows + r0 + r) = tile[c * nr + r] };
+                            unsafe { *outp.ptr().add((c0 + c) * rows + r0 + r) = tile[c * nr + r] };
                         }
                     }
                     c0 += nc;
@@ -503,8 +734,10 @@ fn rope(x: &mut [f32], head_dim: usize, rope_dim: usize, pos: usize, base: f32) 
     for head in x.chunks_exact_mut(head_dim) {
         for (i, &(cos, sin)) in cs.iter().take(pairs).enumerate() {
             let (a, b) = (head[2 * i], head[2 * i + 1]);
-            head[2 * i] = a * cos - b * sin;
-            head[2 * i + 1] = a * sin + b * cos;
+            // ggml is built with floating-point contraction, so its rotation is two fused
+            // multiply-adds; matching that keeps K and Q bit-identical to llama.cpp's.
+            head[2 * i] = a.mul_add(cos, -(b * sin));
+            head[2 * i + 1] = a.mul_add(sin, b * cos);
         }
     }
 }
@@ -512,6 +745,7 @@ fn rope(x: &mut [f32], head_dim: usize, rope_dim: usize, pos: usize, base: f32) 
 #[allow(clippy::too_many_arguments)]
 fn attention(
     pool: &ThreadPool,
+    kernels: &Kernels,
     kv: &KvCache,
     layer: usize,
     batch: &Batch,
@@ -528,22 +762,38 @@ fn attention(
     let groups = t * c.n_kv_heads;
     let outp = SharedOut(out.as_mut_ptr());
     pool.run(|tid, nt| {
-        let outp = outp;
-        SCORES.with(|scores| {
-        let mut scores = scores.borrow_mut();
-        for gi in split_range(groups, tid, nt, 1) {
-            let (i, g) = (gi / c.n_kv_heads, gi % c.n_kv_heads);
-            let n_ctx = pos[i] as usize + 1;
-            if scores.len() < n_rep * n_ctx {
-                scores.resize(n_rep * n_ctx, 0.0);
+        ATTN.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            for gi in split_range(groups, tid, nt, 1) {
+                let (i, g) = (gi / c.n_kv_heads, gi % c.n_kv_heads);
+                let n_ctx = pos[i] as usize + 1;
+                let s = &batch.seqs[seq_of[i] as usize];
+                let target = AttnTarget {
+                    kv,
+                    layer,
+                    kv_head: g,
+                    block_table: &s.block_table,
+                    n_ctx,
+                };
+                let off = i * c.n_heads * hd + g * n_rep * hd;
+                // SAFETY: this (token, kv head) group's output heads are written by this thread only.
+                let o = unsafe { std::slice::from_raw_parts_mut(outp.ptr().add(off), n_rep * hd) };
+                let arith = if s.decode {
+                    Arith::Decode
+                } else {
+                    Arith::Prompt
+                };
+                attend_group(
+                    kernels,
+                    &target,
+                    &q[off..off + n_rep * hd],
+                    n_rep,
+                    scale,
+                    arith,
+                    &mut scratch,
+                    o,
+                );
             }
-            let s = &batch.seqs[seq_of[i] as usize];
-            let target = AttnTarget { kv, layer, kv_head: g, block_table: &s.block_table, n_ctx };
-            let off = i * c.n_heads * hd + g * n_rep * hd;
-            // SAFETY: this (token, kv head) group's output heads are written by this thread only.
-            let o = unsafe { std::slice::from_raw_parts_mut(outp.0.add(off), n_rep * hd) };
-            attend_group(&target, &q[off..off + n_rep * hd], n_rep, scale, &mut scores, o);
-        }
         });
     });
 }
@@ -554,6 +804,25 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+/// `gate[i] = silu(gate[i]) * up[i]`, with SiLU as ggml's vectorized kernel computes it
+/// (`x / (1 + expf(-x))` with its own `expf`), so the activations that get re-quantized match
+/// llama.cpp's bit for bit.
+fn swiglu(gate: &mut [f32], up: &[f32]) {
+    #[inline(always)]
+    fn body(gate: &mut [f32], up: &[f32]) {
+        for (g, u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + crate::attention::ggml_expf(0.0 - *g)) * u;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fast(gate: &mut [f32], up: &[f32]) {
+            body(gate, up)
+        }
+        // SAFETY: AVX2 and FMA were detected at run time.
+        unsafe { fast(gate, up) };
+        return;
+    }
+    body(gate, up)
 }

@@ -23,7 +23,13 @@ impl Session {
     /// A session using every block of `runner`'s pool.
     pub fn new(runner: LlamaRunner) -> Self {
         let n = runner.kv().num_blocks() as u32;
-        Session { runner, tokens: Vec::new(), block_table: (0..n).collect(), batch: Batch::default(), chunk: 512 }
+        Session {
+            runner,
+            tokens: Vec::new(),
+            block_table: (0..n).collect(),
+            batch: Batch::default(),
+            chunk: 512,
+        }
     }
 
     /// Tokens whose K/V are cached.
@@ -49,7 +55,12 @@ impl Session {
     /// Keeps the cached tokens that `ids` starts with and drops the rest; returns how many
     /// were kept. At least one token of `ids` is always left to compute, so logits exist.
     pub fn reuse_prefix(&mut self, ids: &[u32]) -> usize {
-        let common = self.tokens.iter().zip(ids).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count();
         let keep = common.min(ids.len().saturating_sub(1));
         self.tokens.truncate(keep);
         keep
@@ -57,7 +68,11 @@ impl Session {
 
     /// Appends `ids` to the sequence, computing them in chunks; returns the logits after the
     /// last one (vocab floats). `all_logits` collects the logits after every token when given.
-    pub fn extend(&mut self, ids: &[u32], mut all_logits: Option<&mut Vec<f32>>) -> Result<Vec<f32>> {
+    pub fn extend(
+        &mut self,
+        ids: &[u32],
+        mut all_logits: Option<&mut Vec<f32>>,
+    ) -> Result<Vec<f32>> {
         if ids.is_empty() {
             return Err(Error::invalid("nothing to evaluate"));
         }
@@ -72,7 +87,8 @@ impl Session {
         for chunk in ids.chunks(self.chunk.max(1)) {
             self.batch.clear();
             let nblocks = (self.tokens.len() + chunk.len()).div_ceil(self.runner.kv().block_size());
-            self.batch.push_seq(chunk, self.tokens.len(), &self.block_table[..nblocks]);
+            self.batch
+                .push_seq(chunk, self.tokens.len(), &self.block_table[..nblocks]);
             if all_logits.is_some() {
                 self.batch.logits_rows.extend(0..chunk.len());
             } else {

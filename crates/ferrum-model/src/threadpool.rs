@@ -148,7 +148,7 @@ fn worker_loop(shared: Arc<Shared>, tid: usize, n: usize) {
                 return;
             }
             spins += 1;
-            if spins % 1024 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
                 let guard = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 if shared.generation.load(Ordering::Acquire) == seen
                     && !shared.shutdown.load(Ordering::Relaxed)
@@ -254,7 +254,7 @@ mod tests {
                 for tid in 0..n {
                     let r = split_range(len, tid, n, 4);
                     assert_eq!(r.start, next);
-                    assert!(r.start % 4 == 0 || r.start == len);
+                    assert!(r.start.is_multiple_of(4) || r.start == len);
                     next = r.end;
                 }
                 assert_eq!(next, len);

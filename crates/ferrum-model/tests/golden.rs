@@ -13,14 +13,18 @@ use serde_json::Value;
 
 fn golden_dir() -> std::path::PathBuf {
     match std::env::var_os("FERRUM_GOLDEN") {
-        Some(p) => std::path::PathBuf::from(p).parent().expect("golden file has a parent").to_path_buf(),
+        Some(p) => std::path::PathBuf::from(p)
+            .parent()
+            .expect("golden file has a parent")
+            .to_path_buf(),
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"),
     }
 }
 
 fn golden() -> Value {
     let path = golden_dir().join("smollm2-135m.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).expect("golden file is JSON")
 }
 
@@ -31,21 +35,31 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = ferrum_model::fetch::default_model_path().expect("default model available (fetched if absent)");
+    let path = ferrum_model::fetch::default_model_path()
+        .expect("default model available (fetched if absent)");
     let file = Arc::new(GgufFile::open(path).expect("model opens"));
     let tok = Tokenizer::from_gguf(&file).expect("tokenizer");
     let template = ChatTemplate::from_gguf(&file).expect("template");
     let model = Arc::new(LlamaModel::load(file).expect("model loads"));
-    Fixture { model, tok, template }
+    Fixture {
+        model,
+        tok,
+        template,
+    }
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn case_text(f: &Fixture, case: &Value) -> String {
     if case["kind"] == "chat" {
-        let msgs: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).expect("messages");
+        let msgs: Vec<ChatMessage> =
+            serde_json::from_value(case["messages"].clone()).expect("messages");
         f.template.render(&msgs, true).expect("renders")
     } else {
         case["text"].as_str().expect("text").to_string()
@@ -59,9 +73,17 @@ fn token_ids_and_chat_templates_match_llama_cpp() {
     for case in g["cases"].as_array().expect("cases") {
         let text = case_text(&f, case);
         if case["kind"] == "chat" {
-            assert_eq!(text, case["rendered"].as_str().expect("rendered"), "rendered template differs");
+            assert_eq!(
+                text,
+                case["rendered"].as_str().expect("rendered"),
+                "rendered template differs"
+            );
         }
-        assert_eq!(f.tok.encode(&text, true).expect("encodes"), ids(&case["tokens"]), "token ids differ for {text:?}");
+        assert_eq!(
+            f.tok.encode(&text, true).expect("encodes"),
+            ids(&case["tokens"]),
+            "token ids differ for {text:?}"
+        );
     }
 }
 
@@ -86,7 +108,12 @@ fn first_step_logits_and_greedy_continuations_match_llama_cpp() {
             let want = t["logit"].as_f64().expect("logit") as f32;
             let d = (logits[id] - want).abs();
             worst = worst.max(d);
-            assert!(d <= 0.25, "case {:?}: logit of {id} is {} vs golden {want}", case.get("text"), logits[id]);
+            assert!(
+                d <= 0.25,
+                "case {:?}: logit of {id} is {} vs golden {want}",
+                case.get("text"),
+                logits[id]
+            );
         }
         // Top-1: equal where golden leads by > 0.25, else among golden top-2.
         let ours = top_logprobs(&logits, 1)[0].0;
@@ -96,7 +123,11 @@ fn first_step_logits_and_greedy_continuations_match_llama_cpp() {
         if lead > 0.25 {
             assert_eq!(ours, g0, "top-1 differs for {:?}", case.get("text"));
         } else {
-            assert!(ours == g0 || ours == g1, "top-1 not in golden top-2 for {:?}", case.get("text"));
+            assert!(
+                ours == g0 || ours == g1,
+                "top-1 not in golden top-2 for {:?}",
+                case.get("text")
+            );
         }
         // Greedy 32-token continuation.
         let want = ids(&case["greedy32"]);
@@ -112,11 +143,21 @@ fn first_step_logits_and_greedy_continuations_match_llama_cpp() {
         if got == want {
             greedy_ok += 1;
         } else {
-            eprintln!("greedy differs for {:?}:\n  ours   {got:?}\n  golden {want:?}", case.get("text"));
+            eprintln!(
+                "greedy differs for {:?}:\n  ours   {got:?}\n  golden {want:?}",
+                case.get("text")
+            );
         }
     }
-    eprintln!("greedy32 identical for {greedy_ok}/{} cases; worst top-5 logit difference {worst:.4}", cases.len());
-    assert!(greedy_ok * 100 >= cases.len() * 80, "greedy32 identical for only {greedy_ok}/{} cases", cases.len());
+    eprintln!(
+        "greedy32 identical for {greedy_ok}/{} cases; worst top-5 logit difference {worst:.4}",
+        cases.len()
+    );
+    assert!(
+        greedy_ok * 100 >= cases.len() * 80,
+        "greedy32 identical for only {greedy_ok}/{} cases",
+        cases.len()
+    );
 }
 
 #[test]
@@ -124,12 +165,18 @@ fn perplexity_matches_llama_cpp_within_one_percent() {
     let g = golden();
     let p = &g["perplexity"];
     let f = fixture();
-    let text = std::fs::read_to_string(golden_dir().join(p["file"].as_str().expect("file"))).expect("text file");
+    let text = std::fs::read_to_string(golden_dir().join(p["file"].as_str().expect("file")))
+        .expect("text file");
     let tokens = f.tok.encode(&text, false).expect("encodes");
-    assert_eq!(tokens.len() as u64, p["total_tokens"].as_u64().expect("total"), "token count differs");
+    assert_eq!(
+        tokens.len() as u64,
+        p["total_tokens"].as_u64().expect("total"),
+        "token count differs"
+    );
     let window = p["window"].as_u64().expect("window") as usize;
     let windows = p["windows"].as_u64().expect("windows") as usize;
-    let runner = LlamaRunner::new(Arc::clone(&f.model), window.div_ceil(16), 16, 0).expect("runner");
+    let runner =
+        LlamaRunner::new(Arc::clone(&f.model), window.div_ceil(16), 16, 0).expect("runner");
     let mut session = Session::new(runner);
     let vocab = f.model.config.vocab_size;
     let (mut nll, mut scored) = (0f64, 0usize);
@@ -141,7 +188,12 @@ fn perplexity_matches_llama_cpp_within_one_percent() {
         for i in 0..window - 1 {
             let row = &all[i * vocab..(i + 1) * vocab];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() + max as f64;
+            let lse = row
+                .iter()
+                .map(|&x| ((x - max) as f64).exp())
+                .sum::<f64>()
+                .ln()
+                + max as f64;
             nll += lse - row[win[i + 1] as usize] as f64;
             scored += 1;
         }
@@ -150,7 +202,10 @@ fn perplexity_matches_llama_cpp_within_one_percent() {
     let ppl = (nll / scored as f64).exp();
     let want = p["ppl"].as_f64().expect("ppl");
     eprintln!("perplexity {ppl:.4} vs llama.cpp {want:.4}");
-    assert!((ppl - want).abs() / want <= 0.01, "perplexity {ppl} vs golden {want}");
+    assert!(
+        (ppl - want).abs() / want <= 0.01,
+        "perplexity {ppl} vs golden {want}"
+    );
 }
 
 #[test]
@@ -158,8 +213,14 @@ fn batched_rows_equal_single_rows_bitwise() {
     // Batch invariance at the runtime level: two sequences in one batch give exactly the
     // logits each gives alone.
     let f = fixture();
-    let a: Vec<u32> = f.tok.encode("The capital of France is", false).expect("enc");
-    let b: Vec<u32> = f.tok.encode("def fibonacci(n):\n    return", false).expect("enc");
+    let a: Vec<u32> = f
+        .tok
+        .encode("The capital of France is", false)
+        .expect("enc");
+    let b: Vec<u32> = f
+        .tok
+        .encode("def fibonacci(n):\n    return", false)
+        .expect("enc");
     let mut runner = LlamaRunner::new(Arc::clone(&f.model), 8, 16, 0).expect("runner");
     let mut alone = Vec::new();
     for (seq, blocks) in [(&a, [0u32, 1]), (&b, [2, 3])] {
@@ -174,6 +235,12 @@ fn batched_rows_equal_single_rows_bitwise() {
     batch.logits_rows.extend([ra, rb]);
     let both = runner.forward(&batch).expect("forward").to_vec();
     let vocab = f.model.config.vocab_size;
-    assert!(both[..vocab] == alone[0][..], "sequence A changed when batched");
-    assert!(both[vocab..] == alone[1][..], "sequence B changed when batched");
+    assert!(
+        both[..vocab] == alone[0][..],
+        "sequence A changed when batched"
+    );
+    assert!(
+        both[vocab..] == alone[1][..],
+        "sequence B changed when batched"
+    );
 }
