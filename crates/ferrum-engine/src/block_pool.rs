@@ -91,7 +91,10 @@ impl BlockPool {
             }
             seen[i] = true;
             if self.refcounts[i] != 0 {
-                return Err(format!("free block {id} has refcount {}", self.refcounts[i]));
+                return Err(format!(
+                    "free block {id} has refcount {}",
+                    self.refcounts[i]
+                ));
             }
         }
         let zero = self.refcounts.iter().filter(|&&r| r == 0).count();

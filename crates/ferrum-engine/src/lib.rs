@@ -1,8 +1,50 @@
 //! Ferrum's engine: continuous batching over a paged KV cache with radix-tree prefix caching.
+//!
+//! - [`block_pool`]: the fixed set of KV blocks, refcounts and free queue.
+//! - [`radix`]: the prefix cache, a radix tree of block-aligned prefixes with LRU eviction.
+//! - [`scheduler`] + [`policy`]: per-step token budget, chunked prefill, cache-aware
+//!   admission and preemption; the policy decides order.
+//! - [`engine`]: the synchronous core ([`Engine`]); [`handle`]: the loop thread
+//!   ([`EngineHandle`]) servers use.
+//! - [`testing`]: a fake model whose outputs depend on the KV read back through block tables.
+//!
+//! The engine does no network IO and knows nothing of HTTP or JSON; the model runtime knows
+//! nothing of requests. Example with the fake model:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use ferrum_engine::{Engine, EngineConfig, Event, Request};
+//! use ferrum_engine::testing::{FakeRunner, FakeText};
+//!
+//! let cfg = EngineConfig { num_blocks: 64, ..EngineConfig::default() };
+//! let runner = FakeRunner::new(100, cfg.num_blocks, cfg.block_size);
+//! let mut engine = Engine::new(runner, Arc::new(FakeText::new(100)), cfg).unwrap();
+//! let id = engine.submit(Request::new(vec![1, 2, 3], 5)).unwrap();
+//! let mut tokens = 0;
+//! while engine.has_work() {
+//!     engine.step();
+//!     for (rid, ev) in engine.drain_events() {
+//!         assert_eq!(rid, id);
+//!         if let Event::Token { .. } = ev { tokens += 1 }
+//!     }
+//! }
+//! assert_eq!(tokens, 5);
+//! ```
 #![deny(missing_docs)]
 
 pub mod block_pool;
-pub mod radix;
+pub mod engine;
+pub mod error;
+pub mod handle;
 pub mod policy;
+pub mod radix;
 pub mod request;
+pub mod scheduler;
 mod stream;
+pub mod testing;
+
+pub use engine::{Engine, EngineConfig, EngineStats, ModelRunner, StepStats, TokenText};
+pub use error::EngineError;
+pub use handle::EngineHandle;
+pub use policy::{Fcfs, RequestInfo, SchedulingPolicy};
+pub use request::{Event, FinishReason, Request, RequestId, SubmitError, TokenLogprob, Usage};

@@ -220,7 +220,10 @@ impl RadixCache {
         while let Some(id) = cur {
             let n = self.node_mut(id);
             let Some(parent) = n.parent else { break };
-            assert!(n.lock > 0, "unlock of an unlocked radix node: programming error");
+            assert!(
+                n.lock > 0,
+                "unlock of an unlocked radix node: programming error"
+            );
             n.lock -= 1;
             if n.lock == 0 {
                 self.in_use -= 1;

@@ -47,7 +47,8 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Rejects parameters outside their meaningful ranges.
     pub fn validate(&self) -> Result<()> {
-        if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
+        let temperature_ok = self.temperature.is_finite() && self.temperature >= 0.0;
+        if !temperature_ok {
             return Err(Error::invalid("temperature must be a finite number >= 0"));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
@@ -56,7 +57,8 @@ impl SamplingParams {
         if !(0.0..=1.0).contains(&self.min_p) {
             return Err(Error::invalid("min_p must be in [0, 1]"));
         }
-        if !(self.repetition_penalty > 0.0) || !self.repetition_penalty.is_finite() {
+        let penalty_ok = self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0;
+        if !penalty_ok {
             return Err(Error::invalid("repetition_penalty must be > 0"));
         }
         if !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {

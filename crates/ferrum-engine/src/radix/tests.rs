@@ -7,7 +7,11 @@ use proptest::prelude::*;
 fn match_is_block_aligned_and_longest() {
     let mut c = RadixCache::new(2);
     let adopted = c.insert(0, &[1, 2, 3, 4, 5], &[10, 11, 12]);
-    assert_eq!(adopted, vec![10, 11], "the partial third block is not cached");
+    assert_eq!(
+        adopted,
+        vec![10, 11],
+        "the partial third block is not cached"
+    );
     let m = c.match_prefix(0, &[1, 2, 3, 9]);
     assert_eq!((m.blocks.clone(), m.tokens), (vec![10], 2));
     let m = c.match_prefix(0, &[1, 2, 3, 4, 7]);
@@ -86,9 +90,10 @@ impl Reference {
 
     fn evict_one(&mut self) -> Option<u32> {
         let leaf = |e: &Entry| {
-            !self.entries.iter().any(|o| {
-                o.prefix.len() > e.prefix.len() && Self::is_prefix(e, o.salt, &o.prefix)
-            })
+            !self
+                .entries
+                .iter()
+                .any(|o| o.prefix.len() > e.prefix.len() && Self::is_prefix(e, o.salt, &o.prefix))
         };
         let i = (0..self.entries.len())
             .filter(|&i| self.entries[i].locks == 0 && leaf(&self.entries[i]))

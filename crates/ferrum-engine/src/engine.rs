@@ -1,0 +1,454 @@
+//! The synchronous engine core: submit requests, call [`Engine::step`], drain events.
+//!
+//! One [`Engine`] owns the scheduler (and through it the KV block pool and prefix cache), the
+//! model runner and each request's sampler and text stream. It does no IO and spawns no
+//! threads; [`crate::EngineHandle`] runs it on a loop thread for servers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferrum_model::sampler::{Sampled, Sampler};
+use ferrum_model::Batch;
+
+use crate::error::EngineError;
+use crate::policy::{Fcfs, SchedulingPolicy};
+use crate::radix::CacheCounters;
+use crate::request::{Event, FinishReason, Request, RequestId, SubmitError, TokenLogprob, Usage};
+use crate::scheduler::{Scheduler, SchedulerConfig, SeqMeta};
+use crate::stream::TextStream;
+
+/// Computes logits for a batch over the paged KV cache; the real Llama runtime implements
+/// it, tests use [`crate::testing::FakeRunner`].
+pub trait ModelRunner: Send + 'static {
+    /// Logits per row.
+    fn vocab_size(&self) -> usize;
+    /// Runs one forward pass, writing the batch's new tokens' K/V into the blocks of each
+    /// sequence's block table; returns logits for `batch.logits_rows` (row-major, rows x vocab).
+    fn forward(&mut self, batch: &Batch) -> Result<&[f32], EngineError>;
+}
+
+/// Token id to bytes, so the engine can stream text and match stop strings.
+pub trait TokenText: Send + Sync {
+    /// The bytes token `id` stands for (may be part of a UTF-8 character; empty if unknown).
+    fn token_bytes(&self, id: u32) -> &[u8];
+}
+
+/// Engine sizes and limits.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// KV blocks in the pool (the runner must have as many).
+    pub num_blocks: usize,
+    /// Token budget of one step (decodes plus prefill chunks).
+    pub max_batched_tokens: usize,
+    /// Most requests computed together.
+    pub max_running: usize,
+    /// Most requests queued; beyond it submit returns [`SubmitError::QueueFull`].
+    pub max_waiting: usize,
+    /// Reuse computed prompt blocks across requests.
+    pub enable_prefix_cache: bool,
+    /// The model's context length: prompt + max_tokens may not exceed it.
+    pub max_model_len: usize,
+    /// Tokens that end generation unless the request sets `ignore_eos`.
+    pub eos_token_ids: Vec<u32>,
+    /// Give each tenant its own prefix-cache partition (default: one shared cache).
+    pub cache_salt_by_tenant: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            block_size: 16,
+            num_blocks: 1024,
+            max_batched_tokens: 512,
+            max_running: 64,
+            max_waiting: 4096,
+            enable_prefix_cache: true,
+            max_model_len: 8192,
+            eos_token_ids: Vec::new(),
+            cache_salt_by_tenant: false,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Rejects zero sizes.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let fields = [
+            ("block_size", self.block_size),
+            ("num_blocks", self.num_blocks),
+            ("max_batched_tokens", self.max_batched_tokens),
+            ("max_running", self.max_running),
+            ("max_waiting", self.max_waiting),
+            ("max_model_len", self.max_model_len),
+        ];
+        for (name, v) in fields {
+            if v == 0 {
+                return Err(EngineError::Config(format!("{name} must be > 0")));
+            }
+        }
+        if u32::try_from(self.num_blocks).is_err() {
+            return Err(EngineError::Config("num_blocks must fit in u32".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What one [`Engine::step`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepStats {
+    /// Sequences in the batch.
+    pub seqs: usize,
+    /// Tokens computed.
+    pub tokens: usize,
+    /// Tokens sampled.
+    pub sampled: usize,
+    /// Requests preempted while scheduling.
+    pub preempted: usize,
+    /// Requests that finished.
+    pub finished: usize,
+}
+
+/// Engine-wide gauges and counters, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Blocks in the pool.
+    pub blocks_total: usize,
+    /// Blocks nobody holds.
+    pub blocks_free: usize,
+    /// Blocks held by requests or the cache.
+    pub blocks_used: usize,
+    /// Blocks held by the prefix cache.
+    pub cached_blocks: usize,
+    /// Prefix-cache lookups, hits, misses, evictions.
+    pub cache: CacheCounters,
+    /// Running requests.
+    pub running: usize,
+    /// Waiting requests.
+    pub waiting: usize,
+    /// Prompt positions computed.
+    pub prefill_tokens: u64,
+    /// Generated positions computed.
+    pub decode_tokens: u64,
+    /// Tokens served from the prefix cache at admissions.
+    pub cache_hit_tokens: u64,
+    /// Preemptions.
+    pub preemptions: u64,
+    /// Steps that ran a forward pass.
+    pub steps: u64,
+}
+
+struct Output {
+    sampler: Sampler,
+    text: TextStream,
+    generated: usize,
+    max_tokens: usize,
+    stop_ids: Vec<u32>,
+    ignore_eos: bool,
+    logprobs: bool,
+    prompt_len: usize,
+}
+
+/// The synchronous engine; see the module docs.
+pub struct Engine<R: ModelRunner> {
+    cfg: EngineConfig,
+    runner: R,
+    text: Arc<dyn TokenText>,
+    sched: Scheduler,
+    outputs: HashMap<RequestId, Output>,
+    events: Vec<(RequestId, Event)>,
+    next_id: u64,
+    steps: u64,
+    batch: Batch,
+    row: Vec<f32>,
+}
+
+fn salt_of(tenant: &str) -> u64 {
+    // FNV-1a: stable across runs and platforms, unlike the std hasher; never 0 in practice.
+    tenant.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Turns one sampled token into its event; returns the finish reason if it ends the request.
+fn on_token(
+    out: &mut Output,
+    text: &dyn TokenText,
+    eos: &[u32],
+    s: Sampled,
+) -> (Event, Option<FinishReason>) {
+    out.generated += 1;
+    out.sampler.accept(s.token);
+    let is_eos = !out.ignore_eos && eos.contains(&s.token);
+    let (delta, finish) = if is_eos || out.stop_ids.contains(&s.token) {
+        (out.text.flush(), Some(FinishReason::Stop))
+    } else {
+        let p = out.text.push(text.token_bytes(s.token));
+        if p.stopped {
+            (p.text, Some(FinishReason::Stop))
+        } else if out.generated >= out.max_tokens {
+            (p.text + &out.text.flush(), Some(FinishReason::Length))
+        } else {
+            (p.text, None)
+        }
+    };
+    let logprob = out.logprobs.then_some(TokenLogprob {
+        logprob: s.logprob,
+        top: s.top,
+    });
+    let ev = Event::Token {
+        id: s.token,
+        text: delta,
+        logprob,
+    };
+    (ev, finish)
+}
+
+impl<R: ModelRunner> Engine<R> {
+    /// Builds an engine with the first-come-first-served policy.
+    pub fn new(
+        runner: R,
+        text: Arc<dyn TokenText>,
+        cfg: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        Self::with_policy(runner, text, cfg, Box::new(Fcfs))
+    }
+
+    /// Builds an engine with a custom scheduling policy.
+    pub fn with_policy(
+        runner: R,
+        text: Arc<dyn TokenText>,
+        cfg: EngineConfig,
+        policy: Box<dyn SchedulingPolicy>,
+    ) -> Result<Self, EngineError> {
+        cfg.validate()?;
+        if runner.vocab_size() == 0 {
+            return Err(EngineError::Config("runner has an empty vocabulary".into()));
+        }
+        let sched = Scheduler::new(
+            SchedulerConfig {
+                block_size: cfg.block_size,
+                num_blocks: cfg.num_blocks,
+                max_batched_tokens: cfg.max_batched_tokens,
+                max_running: cfg.max_running,
+                enable_prefix_cache: cfg.enable_prefix_cache,
+            },
+            policy,
+        );
+        Ok(Engine {
+            cfg,
+            runner,
+            text,
+            sched,
+            outputs: HashMap::new(),
+            events: Vec::new(),
+            next_id: 0,
+            steps: 0,
+            batch: Batch::default(),
+            row: Vec::new(),
+        })
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Validates and queues a request; it produces events from later steps.
+    pub fn submit(&mut self, req: Request) -> Result<RequestId, SubmitError> {
+        let vocab = self.runner.vocab_size();
+        if req.prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if req.max_tokens == 0 {
+            return Err(SubmitError::ZeroMaxTokens);
+        }
+        if let Some(&token) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(SubmitError::TokenOutOfRange { token, vocab });
+        }
+        let total = req.prompt.len().saturating_add(req.max_tokens);
+        if total > self.cfg.max_model_len {
+            return Err(SubmitError::TooLong {
+                prompt: req.prompt.len(),
+                max_tokens: req.max_tokens,
+                max_model_len: self.cfg.max_model_len,
+            });
+        }
+        // The last generated token is never fed back, so at most total - 1 positions hold KV.
+        let needed = (total - 1).div_ceil(self.cfg.block_size);
+        if needed > self.cfg.num_blocks {
+            return Err(SubmitError::TooManyBlocks {
+                needed,
+                available: self.cfg.num_blocks,
+            });
+        }
+        if self.sched.num_waiting() >= self.cfg.max_waiting {
+            return Err(SubmitError::QueueFull(self.sched.num_waiting()));
+        }
+        let sampler = Sampler::new(req.params.clone(), &req.prompt)
+            .map_err(|e| SubmitError::InvalidParams(e.msg))?;
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        let salt = match (&req.tenant, self.cfg.cache_salt_by_tenant) {
+            (Some(t), true) => salt_of(t),
+            _ => 0,
+        };
+        self.outputs.insert(
+            id,
+            Output {
+                sampler,
+                text: TextStream::new(&req.stop),
+                generated: 0,
+                max_tokens: req.max_tokens,
+                stop_ids: req.stop_token_ids,
+                ignore_eos: req.ignore_eos,
+                logprobs: req.logprobs,
+                prompt_len: req.prompt.len(),
+            },
+        );
+        let meta = SeqMeta {
+            tenant: req.tenant,
+            user: req.user,
+            program: req.program,
+            salt,
+        };
+        self.sched.add(id, req.prompt, meta);
+        Ok(id)
+    }
+
+    /// Ends a request now: its unshared blocks are freed at once and a `Finished {
+    /// Cancelled }` event is queued. Returns `false` if the request is unknown or finished.
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        if !self.outputs.contains_key(&id) {
+            return false;
+        }
+        self.finish(id, FinishReason::Cancelled);
+        true
+    }
+
+    fn finish(&mut self, id: RequestId, reason: FinishReason) {
+        let Some(out) = self.outputs.remove(&id) else {
+            return;
+        };
+        let cached = self.sched.finish(id).and_then(|s| s.first_hit).unwrap_or(0);
+        let usage = Usage {
+            prompt_tokens: out.prompt_len,
+            completion_tokens: out.generated,
+            cached_tokens: cached,
+        };
+        self.events.push((id, Event::Finished { reason, usage }));
+    }
+
+    /// Whether any request is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.outputs.is_empty()
+    }
+
+    /// Runs one scheduling step and forward pass; sampled tokens and finishes become events.
+    pub fn step(&mut self) -> StepStats {
+        let plan = self.sched.schedule();
+        let mut stats = StepStats {
+            preempted: plan.preempted.len(),
+            ..StepStats::default()
+        };
+        if plan.chunks.is_empty() {
+            return stats;
+        }
+        self.batch.clear();
+        for c in &plan.chunks {
+            let s = self.sched.seq(c.id).expect("scheduled request has state");
+            let row = self
+                .batch
+                .push_seq(&s.tokens[c.start..c.start + c.len], c.start, &s.blocks);
+            if c.needs_logits {
+                self.batch.logits_rows.push(row);
+            }
+        }
+        stats.seqs = plan.chunks.len();
+        stats.tokens = self.batch.tokens.len();
+        self.steps += 1;
+        let vocab = self.runner.vocab_size();
+        let rows = self.batch.logits_rows.len();
+        let mut finished = Vec::new();
+        let error = match self.runner.forward(&self.batch) {
+            Ok(logits) if logits.len() == rows * vocab => {
+                self.sched.commit(&plan.chunks);
+                let with_logits = plan.chunks.iter().filter(|c| c.needs_logits);
+                for (c, row) in with_logits.zip(logits.chunks_exact(vocab)) {
+                    let out = self
+                        .outputs
+                        .get_mut(&c.id)
+                        .expect("scheduled request has output");
+                    self.row.clear();
+                    self.row.extend_from_slice(row);
+                    let sampled = out.sampler.sample(&mut self.row);
+                    self.sched.append_token(c.id, sampled.token);
+                    let (ev, fin) = on_token(out, &*self.text, &self.cfg.eos_token_ids, sampled);
+                    self.events.push((c.id, ev));
+                    stats.sampled += 1;
+                    if let Some(reason) = fin {
+                        finished.push((c.id, reason));
+                    }
+                }
+                None
+            }
+            Ok(logits) => Some(format!(
+                "runner returned {} logits, expected {rows} x {vocab}",
+                logits.len()
+            )),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(msg) = error {
+            tracing::error!("forward pass failed: {msg}");
+            finished = plan
+                .chunks
+                .iter()
+                .map(|c| (c.id, FinishReason::Error(msg.clone())))
+                .collect();
+        }
+        stats.finished = finished.len();
+        for (id, reason) in finished {
+            self.finish(id, reason);
+        }
+        stats
+    }
+
+    /// Takes the events produced since the last call, in order.
+    pub fn drain_events(&mut self) -> Vec<(RequestId, Event)> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Current gauges and lifetime counters.
+    pub fn stats(&self) -> EngineStats {
+        let pool = self.sched.pool();
+        let c = self.sched.counters();
+        EngineStats {
+            blocks_total: pool.num_blocks(),
+            blocks_free: pool.num_free(),
+            blocks_used: pool.num_blocks() - pool.num_free(),
+            cached_blocks: self.sched.cache().cached_blocks(),
+            cache: self.sched.cache().counters(),
+            running: self.sched.num_running(),
+            waiting: self.sched.num_waiting(),
+            prefill_tokens: c.prefill_tokens,
+            decode_tokens: c.decode_tokens,
+            cache_hit_tokens: c.cache_hit_tokens,
+            preemptions: c.preemptions,
+            steps: self.steps,
+        }
+    }
+
+    /// Checks the scheduler's pool/cache accounting (tests and debug builds).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.sched.check_invariants()
+    }
+
+    /// The model runner (e.g. to read its counters in tests).
+    pub fn runner(&self) -> &R {
+        &self.runner
+    }
+}
+
+#[cfg(test)]
+mod tests;

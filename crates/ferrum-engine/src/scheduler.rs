@@ -1,0 +1,467 @@
+//! The scheduler: once per step, decides which requests compute how many tokens.
+//!
+//! There is no prefill phase and no decode phase: each request tracks `computed` tokens
+//! (KV in its blocks) against all its tokens (prompt + generated). A step has a token budget
+//! (`max_batched_tokens`) and a cap on running requests (`max_running`):
+//!
+//! 1. running requests with one token left (decodes) get it first;
+//! 2. running requests with more left (partly prefilled prompts) get chunks of what remains
+//!    of the budget (chunked prefill);
+//! 3. then the [`SchedulingPolicy`] admits waiting requests: each first looks up the prefix
+//!    cache (hit blocks are locked and shared, only the rest is computed; the last token is
+//!    always computed so its logits exist) and gets a first chunk.
+//!
+//! When blocks run out, unlocked cached blocks are evicted first; then the policy picks a
+//! running request (not yet scheduled this step) to preempt: its computed full blocks go
+//! into the prefix cache, the rest are freed, and it waits to be recomputed. No new request
+//! is admitted in a step that preempted. A request that fits the pool alone always
+//! progresses: the first running request may preempt all others.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use crate::block_pool::BlockPool;
+use crate::policy::{RequestInfo, SchedulingPolicy};
+use crate::radix::{NodeId, RadixCache};
+use crate::request::RequestId;
+
+/// Scheduler limits (a subset of [`crate::EngineConfig`]).
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// KV blocks in the pool.
+    pub num_blocks: usize,
+    /// Token budget of one step.
+    pub max_batched_tokens: usize,
+    /// Most requests running at once.
+    pub max_running: usize,
+    /// Share computed blocks between requests through the radix cache.
+    pub enable_prefix_cache: bool,
+}
+
+/// Who a request belongs to, for policies and cache partitioning.
+#[derive(Debug, Clone, Default)]
+pub struct SeqMeta {
+    /// Tenant, if any.
+    pub tenant: Option<String>,
+    /// End user, if any.
+    pub user: Option<String>,
+    /// Agent program / session, if any.
+    pub program: Option<String>,
+    /// Prefix-cache partition (0 = shared).
+    pub salt: u64,
+}
+
+/// One request's scheduling state.
+#[derive(Debug)]
+pub struct SeqState {
+    /// Metadata for the policy.
+    pub meta: SeqMeta,
+    /// Arrival order.
+    pub arrival: u64,
+    /// Arrival time.
+    pub arrived: Instant,
+    /// Prompt followed by generated tokens.
+    pub tokens: Vec<u32>,
+    /// Prompt length.
+    pub prompt_len: usize,
+    /// Tokens whose KV is in `blocks`.
+    pub computed: usize,
+    /// Block table (this request holds one pool reference on each).
+    pub blocks: Vec<u32>,
+    /// Locked prefix-cache node while running with a cache hit.
+    node: Option<NodeId>,
+    /// Cache hit at first admission (reported as usage).
+    pub first_hit: Option<usize>,
+    /// Cache hit at the latest admission.
+    pub hit: usize,
+    /// Times preempted.
+    pub preemptions: u32,
+}
+
+/// Work for one request in one step: compute `tokens[start..start + len]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The request.
+    pub id: RequestId,
+    /// First position computed (tokens before it are in the KV cache).
+    pub start: usize,
+    /// Tokens computed this step.
+    pub len: usize,
+    /// The chunk reaches the last token, so its logits are needed to sample.
+    pub needs_logits: bool,
+}
+
+/// The result of [`Scheduler::schedule`].
+#[derive(Debug, Default)]
+pub struct Schedule {
+    /// Chunks to run, in batch order.
+    pub chunks: Vec<Chunk>,
+    /// Requests preempted back to waiting during scheduling.
+    pub preempted: Vec<RequestId>,
+}
+
+/// Lifetime token counters of the scheduler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedCounters {
+    /// Prompt positions computed (recomputation after preemption counts again).
+    pub prefill_tokens: u64,
+    /// Generated positions computed.
+    pub decode_tokens: u64,
+    /// Tokens served from the prefix cache at admissions.
+    pub cache_hit_tokens: u64,
+    /// Preemptions.
+    pub preemptions: u64,
+}
+
+/// Owns the block pool, the prefix cache and every request's scheduling state.
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    pool: BlockPool,
+    cache: RadixCache,
+    policy: Box<dyn SchedulingPolicy>,
+    seqs: HashMap<RequestId, SeqState>,
+    waiting: Vec<RequestId>,
+    running: Vec<RequestId>,
+    next_arrival: u64,
+    counters: SchedCounters,
+}
+
+fn info(id: RequestId, s: &SeqState, hit: usize) -> RequestInfo<'_> {
+    RequestInfo {
+        id,
+        tenant: s.meta.tenant.as_deref(),
+        user: s.meta.user.as_deref(),
+        program: s.meta.program.as_deref(),
+        arrival: s.arrival,
+        arrived: s.arrived,
+        prompt_tokens: s.prompt_len,
+        total_tokens: s.tokens.len(),
+        computed_tokens: s.computed,
+        cache_hit_tokens: hit,
+        preemptions: s.preemptions,
+    }
+}
+
+/// Takes `n` blocks, evicting unlocked cached blocks if the free queue is short.
+fn alloc(pool: &mut BlockPool, cache: &mut RadixCache, n: usize) -> Option<Vec<u32>> {
+    while pool.num_free() < n {
+        let evicted = cache.evict(n - pool.num_free());
+        if evicted.is_empty() {
+            return None;
+        }
+        pool.release(&evicted);
+    }
+    pool.allocate(n)
+}
+
+/// Gives back a request's blocks: computed full blocks to the cache, the rest to the pool.
+fn release(pool: &mut BlockPool, cache: &mut RadixCache, use_cache: bool, s: &mut SeqState) {
+    if use_cache {
+        let full = s.computed / cache.block_size();
+        let toks = &s.tokens[..full * cache.block_size()];
+        for b in cache.insert(s.meta.salt, toks, &s.blocks[..full]) {
+            pool.incref(b);
+        }
+    }
+    if let Some(node) = s.node.take() {
+        cache.unlock(node);
+    }
+    pool.release(&s.blocks);
+    s.blocks.clear();
+    s.computed = 0;
+}
+
+impl Scheduler {
+    /// Creates a scheduler with an empty pool and cache.
+    pub fn new(cfg: SchedulerConfig, policy: Box<dyn SchedulingPolicy>) -> Self {
+        Scheduler {
+            pool: BlockPool::new(cfg.num_blocks),
+            cache: RadixCache::new(cfg.block_size),
+            cfg,
+            policy,
+            seqs: HashMap::new(),
+            waiting: Vec::new(),
+            running: Vec::new(),
+            next_arrival: 0,
+            counters: SchedCounters::default(),
+        }
+    }
+
+    /// Queues a new request (the caller has validated it).
+    pub fn add(&mut self, id: RequestId, prompt: Vec<u32>, meta: SeqMeta) {
+        let arrival = self.next_arrival;
+        self.next_arrival += 1;
+        self.seqs.insert(
+            id,
+            SeqState {
+                meta,
+                arrival,
+                arrived: Instant::now(),
+                prompt_len: prompt.len(),
+                tokens: prompt,
+                computed: 0,
+                blocks: Vec::new(),
+                node: None,
+                first_hit: None,
+                hit: 0,
+                preemptions: 0,
+            },
+        );
+        self.waiting.push(id);
+    }
+
+    fn blocks_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.cfg.block_size)
+    }
+
+    /// Plans one step; blocks for every chunk are allocated before it returns.
+    pub fn schedule(&mut self) -> Schedule {
+        let mut out = Schedule::default();
+        let mut budget = self.cfg.max_batched_tokens;
+        let mut scheduled: HashSet<RequestId> = HashSet::new();
+        let mut order = self.running.clone();
+        order.sort_by_key(|id| {
+            let s = &self.seqs[id];
+            s.tokens.len() - s.computed > 1
+        });
+        for id in order {
+            if budget == 0 {
+                break;
+            }
+            if !self.running.contains(&id) {
+                continue; // preempted earlier in this step
+            }
+            let s = &self.seqs[&id];
+            let n = (s.tokens.len() - s.computed).min(budget);
+            let need = self
+                .blocks_for(s.computed + n)
+                .saturating_sub(s.blocks.len());
+            let got = loop {
+                if let Some(b) = alloc(&mut self.pool, &mut self.cache, need) {
+                    break Some(b);
+                }
+                let cands: Vec<RequestId> = self
+                    .running
+                    .iter()
+                    .copied()
+                    .filter(|r| *r != id && !scheduled.contains(r))
+                    .collect();
+                if cands.is_empty() {
+                    break None;
+                }
+                let infos: Vec<RequestInfo<'_>> = cands
+                    .iter()
+                    .map(|c| info(*c, &self.seqs[c], self.seqs[c].hit))
+                    .collect();
+                let victim = cands[self.policy.pick_preempt(&infos).min(cands.len() - 1)];
+                self.preempt(victim);
+                out.preempted.push(victim);
+            };
+            let Some(blocks) = got else {
+                self.preempt(id);
+                out.preempted.push(id);
+                continue;
+            };
+            let s = self.seqs.get_mut(&id).expect("running request has state");
+            s.blocks.extend(blocks);
+            out.chunks.push(Chunk {
+                id,
+                start: s.computed,
+                len: n,
+                needs_logits: s.computed + n == s.tokens.len(),
+            });
+            scheduled.insert(id);
+            budget -= n;
+        }
+        if out.preempted.is_empty() {
+            self.admit(&mut budget, &mut out);
+        }
+        out
+    }
+
+    /// Admits waiting requests in policy order while budget, slots and blocks last.
+    fn admit(&mut self, budget: &mut usize, out: &mut Schedule) {
+        let bs = self.cfg.block_size;
+        while *budget > 0 && self.running.len() < self.cfg.max_running && !self.waiting.is_empty() {
+            let wants = self.policy.wants_cache_hits() && self.cfg.enable_prefix_cache;
+            let infos: Vec<RequestInfo<'_>> = self
+                .waiting
+                .iter()
+                .map(|id| {
+                    let s = &self.seqs[id];
+                    let hit = if wants {
+                        let look = &s.tokens[..s.tokens.len() - 1];
+                        self.cache.peek_prefix(s.meta.salt, look)
+                    } else {
+                        0
+                    };
+                    info(*id, s, hit)
+                })
+                .collect();
+            let Some(k) = self.policy.pick_admit(&infos) else {
+                break;
+            };
+            if k >= self.waiting.len() {
+                break;
+            }
+            let id = self.waiting[k];
+            let s = self.seqs.get_mut(&id).expect("waiting request has state");
+            let (hit_blocks, node) = if self.cfg.enable_prefix_cache {
+                let look = &s.tokens[..s.tokens.len() - 1];
+                let m = self.cache.match_prefix(s.meta.salt, look);
+                self.cache.lock(m.node);
+                (m.blocks, Some(m.node))
+            } else {
+                (Vec::new(), None)
+            };
+            let hit = hit_blocks.len() * bs;
+            let n = (s.tokens.len() - hit).min(*budget);
+            let need = (hit + n).div_ceil(bs) - hit_blocks.len();
+            let Some(fresh) = alloc(&mut self.pool, &mut self.cache, need) else {
+                if let Some(node) = node {
+                    self.cache.unlock(node);
+                }
+                break;
+            };
+            for &b in &hit_blocks {
+                self.pool.incref(b);
+            }
+            s.blocks = hit_blocks;
+            s.blocks.extend(fresh);
+            s.computed = hit;
+            s.node = node;
+            s.hit = hit;
+            s.first_hit.get_or_insert(hit);
+            self.counters.cache_hit_tokens += hit as u64;
+            out.chunks.push(Chunk {
+                id,
+                start: hit,
+                len: n,
+                needs_logits: hit + n == s.tokens.len(),
+            });
+            self.waiting.remove(k);
+            self.running.push(id);
+            *budget -= n;
+        }
+    }
+
+    fn preempt(&mut self, id: RequestId) {
+        let s = self.seqs.get_mut(&id).expect("preempted request has state");
+        release(
+            &mut self.pool,
+            &mut self.cache,
+            self.cfg.enable_prefix_cache,
+            s,
+        );
+        s.preemptions += 1;
+        self.counters.preemptions += 1;
+        self.running.retain(|r| *r != id);
+        self.waiting.push(id);
+    }
+
+    /// Records that the step computed `chunks` (call only after the forward pass succeeded).
+    pub fn commit(&mut self, chunks: &[Chunk]) {
+        for c in chunks {
+            let s = self
+                .seqs
+                .get_mut(&c.id)
+                .expect("scheduled request has state");
+            debug_assert_eq!(s.computed, c.start);
+            let prefill = (c.start + c.len).min(s.prompt_len).saturating_sub(c.start);
+            self.counters.prefill_tokens += prefill as u64;
+            self.counters.decode_tokens += (c.len - prefill) as u64;
+            s.computed += c.len;
+        }
+    }
+
+    /// Appends a sampled token to a request (it is computed in a later step).
+    pub fn append_token(&mut self, id: RequestId, token: u32) {
+        if let Some(s) = self.seqs.get_mut(&id) {
+            s.tokens.push(token);
+        }
+    }
+
+    /// Removes a request (finished or cancelled): its computed full blocks stay cached (if
+    /// the cache is on), every other block it held is freed now. Returns its state.
+    pub fn finish(&mut self, id: RequestId) -> Option<SeqState> {
+        let mut s = self.seqs.remove(&id)?;
+        release(
+            &mut self.pool,
+            &mut self.cache,
+            self.cfg.enable_prefix_cache,
+            &mut s,
+        );
+        self.running.retain(|r| *r != id);
+        self.waiting.retain(|r| *r != id);
+        Some(s)
+    }
+
+    /// A request's state, if it is known.
+    pub fn seq(&self, id: RequestId) -> Option<&SeqState> {
+        self.seqs.get(&id)
+    }
+
+    /// Requests holding blocks and being computed.
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Requests queued for admission (new or preempted).
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The KV block pool (read-only).
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    /// The prefix cache (read-only).
+    pub fn cache(&self) -> &RadixCache {
+        &self.cache
+    }
+
+    /// Lifetime token counters.
+    pub fn counters(&self) -> SchedCounters {
+        self.counters
+    }
+
+    /// The active policy's name.
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    /// Checks pool, cache and the accounting between them: every pool reference is held
+    /// by the cache or by exactly one request's block table.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.pool.check_invariants()?;
+        self.cache.check_invariants()?;
+        let refs: u64 = (0..self.pool.num_blocks() as u32)
+            .map(|b| u64::from(self.pool.refcount(b)))
+            .sum();
+        let held: usize = self.seqs.values().map(|s| s.blocks.len()).sum();
+        if refs != (held + self.cache.cached_blocks()) as u64 {
+            return Err(format!(
+                "{refs} block references but requests hold {held} and the cache {}",
+                self.cache.cached_blocks()
+            ));
+        }
+        if self.running.len() > self.cfg.max_running {
+            return Err("more running requests than max_running".into());
+        }
+        for id in &self.waiting {
+            if !self.seqs[id].blocks.is_empty() {
+                return Err(format!("waiting request {id} holds blocks"));
+            }
+        }
+        for id in &self.running {
+            let s = &self.seqs[id];
+            if s.blocks.len() < s.computed.div_ceil(self.cfg.block_size) {
+                return Err(format!("request {id} has too few blocks for its KV"));
+            }
+        }
+        Ok(())
+    }
+}
