@@ -2,7 +2,7 @@
 //!
 //! The server only needs to turn prompts and chat messages into token ids and token ids into
 //! display strings (for logprobs). Keeping that behind [`TextCodec`] lets the HTTP layer be
-//! tested hermetically with [`ByteCodec`] (one token per byte) while `ferrum serve` plugs in
+//! tested hermetically with [`AsciiCodec`] (one token per character) while `ferrum serve` plugs in
 //! the model's real tokenizer and chat template.
 
 /// One chat turn as the server received it (content already flattened to text).
@@ -41,14 +41,40 @@ pub trait TextCodec: Send + Sync + 'static {
     fn vocab_size(&self) -> usize;
 }
 
-/// Hermetic test codec: token id = byte value (vocabulary of 256), chat rendered as
-/// `"<role>: <content>\n"` lines plus `"assistant: "` for the generation prompt.
+/// Hermetic test codec over printable ASCII: ids `0..95` are the bytes `b' '..=b'~'` and id
+/// 95 is `'\n'`. Every token is one visible character, so generated text equals the
+/// concatenation of its token strings (handy for exact assertions); other characters are
+/// refused as a [`CodecError`]. Chat renders as `"<role>: <content>\n"` lines plus
+/// `"assistant: "` for the generation prompt. It also implements the engine's
+/// [`TokenText`](ferrum_engine::TokenText) so one value serves both sides.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ByteCodec;
+pub struct AsciiCodec;
 
-impl TextCodec for ByteCodec {
+/// Vocabulary size of [`AsciiCodec`].
+pub const ASCII_VOCAB: usize = 96;
+
+static ASCII_TABLE: [u8; ASCII_VOCAB] = {
+    let mut t = [0u8; ASCII_VOCAB];
+    let mut i = 0;
+    while i < 95 {
+        t[i] = b' ' + i as u8;
+        i += 1;
+    }
+    t[95] = b'\n';
+    t
+};
+
+impl TextCodec for AsciiCodec {
     fn encode(&self, text: &str, _special: bool) -> Result<Vec<u32>, CodecError> {
-        Ok(text.bytes().map(u32::from).collect())
+        text.bytes()
+            .map(|b| match b {
+                b' '..=b'~' => Ok(u32::from(b - b' ')),
+                b'\n' => Ok(95),
+                _ => Err(CodecError(format!(
+                    "the test codec only encodes printable ASCII and newlines, not byte {b:#04x}"
+                ))),
+            })
+            .collect()
     }
 
     fn render_chat(&self, messages: &[ChatTurn], add_gen: bool) -> Result<String, CodecError> {
@@ -63,11 +89,18 @@ impl TextCodec for ByteCodec {
     }
 
     fn token_bytes(&self, id: u32) -> Vec<u8> {
-        u8::try_from(id).map(|b| vec![b]).unwrap_or_default()
+        ferrum_engine::TokenText::token_bytes(self, id).to_vec()
     }
 
     fn vocab_size(&self) -> usize {
-        256
+        ASCII_VOCAB
+    }
+}
+
+impl ferrum_engine::TokenText for AsciiCodec {
+    fn token_bytes(&self, id: u32) -> &[u8] {
+        let i = id as usize;
+        ASCII_TABLE.get(i..i + 1).unwrap_or(&[])
     }
 }
 
@@ -76,20 +109,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn byte_codec_round_trips_bytes_as_tokens() {
-        let ids = ByteCodec.encode("hé", true).unwrap_or_default();
-        assert_eq!(ids, vec![104, 0xc3, 0xa9]);
-        let bytes: Vec<u8> = ids.iter().flat_map(|&i| ByteCodec.token_bytes(i)).collect();
-        assert_eq!(String::from_utf8_lossy(&bytes), "hé");
+    fn ascii_codec_round_trips_text_through_tokens() {
+        let ids = AsciiCodec.encode("Hi ~\n", true).unwrap_or_default();
+        assert_eq!(ids.len(), 5);
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| AsciiCodec.token_bytes(i))
+            .collect();
+        assert_eq!(bytes, b"Hi ~\n");
     }
 
     #[test]
-    fn byte_codec_chat_ends_with_generation_prompt() {
+    fn ascii_codec_refuses_non_ascii_and_unknown_ids() {
+        assert!(AsciiCodec.encode("é", true).is_err());
+        assert!(TextCodec::token_bytes(&AsciiCodec, 96).is_empty());
+    }
+
+    #[test]
+    fn ascii_codec_chat_ends_with_generation_prompt() {
         let turns = [ChatTurn {
             role: "user".into(),
             content: "hi".into(),
         }];
-        let s = ByteCodec.render_chat(&turns, true).unwrap_or_default();
+        let s = AsciiCodec.render_chat(&turns, true).unwrap_or_default();
         assert_eq!(s, "user: hi\nassistant: ");
     }
 }

@@ -41,7 +41,10 @@ impl ApiError {
 
     /// A 400 for a parameter of the wrong JSON type or shape.
     pub fn bad_param(param: &str, message: impl std::fmt::Display) -> Self {
-        Self::invalid(Some(param.to_string()), format!("invalid '{param}': {message}"))
+        Self::invalid(
+            Some(param.to_string()),
+            format!("invalid '{param}': {message}"),
+        )
     }
 
     /// A 401: the API key is missing or wrong.

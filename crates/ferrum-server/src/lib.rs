@@ -1,2 +1,182 @@
-//! x
+//! Ferrum's OpenAI-compatible HTTP API (axum on tokio).
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streaming and not),
+//! `GET /v1/models`, `GET /health`, `GET /metrics`, `GET /openapi.json`.
+//!
+//! Wiring, as `ferrum serve` does it:
+//!
+//! ```no_run
+//! # async fn demo(model: ferrum_server::Model) -> std::io::Result<()> {
+//! use ferrum_server::{serve, shutdown_signal, Server, ServerConfig};
+//! let server = Server::new(ServerConfig::default());
+//! let listener = tokio::net::TcpListener::bind(server.state.config.addr).await?;
+//! // ... load the model while /health answers 503 ...
+//! server.set_model(model);
+//! serve(listener, server, shutdown_signal()).await
+//! # }
+//! ```
 #![deny(missing_docs)]
+
+mod api;
+pub mod codec;
+pub mod error;
+mod format;
+mod generate;
+pub mod metrics;
+pub mod openapi;
+mod params;
+pub mod routes;
+mod sse;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+pub use codec::{AsciiCodec, ChatTurn, CodecError, TextCodec, ASCII_VOCAB};
+pub use error::ApiError;
+pub use routes::router;
+pub use state::{AppState, Model, Server, ServerConfig};
+
+/// Serves `server` on `listener` until `shutdown` resolves, then drains: stops accepting,
+/// lets running requests finish for up to `drain_timeout`, cuts off the rest (which cancels
+/// them in the engine), and shuts the engine down. Returns `Ok` after a clean drain.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Server,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = server.state.clone();
+    let app = router(state.clone());
+    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
+    let signal_state = state.clone();
+    let signal = async move {
+        shutdown.await;
+        signal_state.start_draining();
+        tracing::info!("shutdown requested; draining running requests");
+        let _ = drain_tx.send(true);
+    };
+    let mut task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .await
+    });
+    let result = tokio::select! {
+        r = &mut task => Some(r),
+        _ = drain_rx.wait_for(|d| *d) => None,
+    };
+    let result = match result {
+        Some(r) => r,
+        None => match tokio::time::timeout(state.config.drain_timeout, &mut task).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    "requests still running after {:?}; cutting them off",
+                    state.config.drain_timeout
+                );
+                task.abort();
+                Ok(Ok(()))
+            }
+        },
+    };
+    if let Some(model) = state.model().cloned() {
+        let engine = model.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    }
+    match result {
+        Ok(r) => r,
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}
+
+/// Resolves on Ctrl-C or (on Unix) SIGTERM, to pass to [`serve`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// What the startup banner shows.
+#[derive(Debug, Clone)]
+pub struct BannerInfo {
+    /// Served model name.
+    pub model: String,
+    /// Model file path or source.
+    pub source: String,
+    /// Context length in tokens.
+    pub max_model_len: usize,
+    /// KV blocks in the pool.
+    pub kv_blocks: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Listening address.
+    pub addr: SocketAddr,
+    /// Compute threads.
+    pub threads: usize,
+    /// Whether an API key is required.
+    pub api_key: bool,
+}
+
+/// The multi-line startup banner printed by `ferrum serve`, so an operator sees at a glance
+/// what is served, with which limits, and where.
+pub fn banner(b: &BannerInfo) -> String {
+    let kv_tokens = b.kv_blocks * b.block_size;
+    format!(
+        "ferrum {version} — OpenAI-compatible server\n\
+         \x20 model      {model} ({source})\n\
+         \x20 context    {ctx} tokens\n\
+         \x20 KV cache   {blocks} blocks x {bs} tokens = {kv_tokens} tokens\n\
+         \x20 threads    {threads}\n\
+         \x20 auth       {auth}\n\
+         \x20 listening  http://{addr}  (POST /v1/chat/completions, /v1/completions; GET /v1/models, /health, /metrics, /openapi.json)\n",
+        version = env!("CARGO_PKG_VERSION"),
+        model = b.model,
+        source = b.source,
+        ctx = b.max_model_len,
+        blocks = b.kv_blocks,
+        bs = b.block_size,
+        threads = b.threads,
+        auth = if b.api_key { "API key required" } else { "none" },
+        addr = b.addr,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banner_shows_model_capacity_and_address() {
+        let s = banner(&BannerInfo {
+            model: "smol".into(),
+            source: "/m.gguf".into(),
+            max_model_len: 8192,
+            kv_blocks: 100,
+            block_size: 16,
+            addr: ServerConfig::default().addr,
+            threads: 4,
+            api_key: false,
+        });
+        assert!(s.contains("smol"));
+        assert!(s.contains("1600 tokens"));
+        assert!(s.contains("http://127.0.0.1:8080"));
+        assert!(s.contains("threads    4"));
+    }
+}
