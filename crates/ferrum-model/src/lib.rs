@@ -10,15 +10,21 @@
 //! The runtime knows nothing of requests, scheduling or HTTP: it computes a batch it is given.
 #![deny(missing_docs)]
 
+mod attention;
 pub mod batch;
 pub mod chat;
 pub mod dtype;
 pub mod error;
 pub mod fetch;
 pub mod gguf;
+pub mod kv;
 pub mod quant;
 pub mod sampler;
+pub mod threadpool;
 pub mod tokenizer;
+
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use batch::{Batch, SeqSlice};
 pub use dtype::GgmlType;

@@ -1,0 +1,559 @@
+//! The Llama architecture: weights from GGUF, and the forward pass over a [`Batch`].
+//!
+//! One call computes every row of the batch through all layers (RMSNorm, RoPE in GGUF's
+//! "normal" adjacent-pair layout, grouped-query attention over the paged KV cache, SwiGLU MLP)
+//! and returns logits only for the rows asked for. Single-sequence generation is a batch of one.
+//! Activations are quantized per weight type exactly as llama.cpp does (see [`crate::quant`]),
+//! which is what makes logits agree with it. Every row is computed the same way whatever else
+//! is in the batch, so a request's tokens never depend on its batch-mates.
+
+use std::sync::Arc;
+
+use crate::attention::{attend_group, AttnTarget};
+use crate::batch::Batch;
+use crate::dtype::GgmlType;
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::kv::{KvCache, KvShape};
+use crate::quant::{self, Kernels};
+use crate::threadpool::{split_range, ThreadPool};
+
+/// Hyper-parameters read from `llama.*` metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Hidden size.
+    pub n_embd: usize,
+    /// MLP inner size.
+    pub n_ff: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than query heads).
+    pub n_kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Rotated dimensions per head.
+    pub rope_dim: usize,
+    /// RoPE frequency base.
+    pub rope_base: f32,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// Trained context length.
+    pub context_length: usize,
+    /// Vocabulary size (rows of the LM head).
+    pub vocab_size: usize,
+}
+
+impl LlamaConfig {
+    /// Reads the configuration; a missing or inconsistent key is an error naming it.
+    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
+        let arch = f.get_str("general.architecture")?;
+        if arch != "llama" {
+            return Err(Error::unsupported(format!("architecture {arch:?} (only \"llama\" is implemented)")));
+        }
+        let g = |k: &str| -> Result<usize> { Ok(f.get_u64(&format!("llama.{k}"))? as usize) };
+        let n_embd = g("embedding_length")?;
+        let n_heads = g("attention.head_count")?;
+        let n_kv_heads = f.get("llama.attention.head_count_kv").and_then(|v| v.as_u64()).map_or(n_heads, |v| v as usize);
+        if n_heads == 0 || n_kv_heads == 0 || n_embd % n_heads != 0 || n_heads % n_kv_heads != 0 {
+            return Err(Error::gguf(format!("inconsistent heads: embd {n_embd}, heads {n_heads}, kv heads {n_kv_heads}")));
+        }
+        let head_dim = n_embd / n_heads;
+        let rope_dim = f.get("llama.rope.dimension_count").and_then(|v| v.as_u64()).map_or(head_dim, |v| v as usize);
+        let vocab_size = match f.get("llama.vocab_size").and_then(|v| v.as_u64()) {
+            Some(v) => v as usize,
+            None => f.get_array("tokenizer.ggml.tokens")?.len(),
+        };
+        let cfg = LlamaConfig {
+            n_layers: g("block_count")?,
+            n_embd,
+            n_ff: g("feed_forward_length")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_dim: rope_dim.min(head_dim),
+            rope_base: f.get("llama.rope.freq_base").and_then(|v| v.as_f64()).unwrap_or(10000.0) as f32,
+            rms_eps: f.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            context_length: g("context_length")?,
+            vocab_size,
+        };
+        if cfg.n_layers == 0 || cfg.n_layers > 1024 || cfg.n_ff == 0 || cfg.head_dim % 2 != 0 {
+            return Err(Error::gguf(format!("implausible model configuration {cfg:?}")));
+        }
+        Ok(cfg)
+    }
+
+    /// The KV cache shape this model needs.
+    pub fn kv_shape(&self) -> KvShape {
+        KvShape { n_layers: self.n_layers, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim }
+    }
+}
+
+/// A weight matrix in its quantized form, read in place from the mapped file.
+pub struct QMatrix {
+    /// Element type.
+    pub dtype: GgmlType,
+    /// Output features (rows).
+    pub rows: usize,
+    /// Input features (elements per row).
+    pub cols: usize,
+    row_bytes: usize,
+    ptr: *const u8,
+    len: usize,
+    /// Keeps the mapping that `ptr` points into alive.
+    _file: Arc<GgufFile>,
+}
+
+// SAFETY: the bytes are immutable for the life of the mapping, which `_file` keeps alive.
+unsafe impl Send for QMatrix {}
+unsafe impl Sync for QMatrix {}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMatrix({:?}, {}x{})", self.dtype, self.rows, self.cols)
+    }
+}
+
+impl QMatrix {
+    fn load(file: &Arc<GgufFile>, name: &str, cols: usize, rows: usize) -> Result<Self> {
+        let t = file.tensor(name).ok_or_else(|| Error::gguf(format!("missing tensor {name:?}")))?;
+        if t.row_len() != cols || t.n_rows() != rows {
+            return Err(Error::gguf(format!("tensor {name:?} has shape {:?}, expected [{cols}, {rows}]", t.dims)));
+        }
+        if quant::vec_dot_type(t.dtype) == GgmlType::F32 && t.dtype != GgmlType::F32 {
+            // F16/BF16 matrices are fine too: the kernels dot them against f32 activations.
+        }
+        let data = file.tensor_data(t);
+        Ok(QMatrix {
+            dtype: t.dtype,
+            rows,
+            cols,
+            row_bytes: t.dtype.row_bytes(cols as u64)? as usize,
+            ptr: data.as_ptr(),
+            len: data.len(),
+            _file: Arc::clone(file),
+        })
+    }
+
+    /// All rows' bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: ptr/len came from a slice of the mapping that `_file` keeps alive.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// Bytes of one row.
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wo: QMatrix,
+    ffn_norm: Vec<f32>,
+    w_gate: QMatrix,
+    w_up: QMatrix,
+    w_down: QMatrix,
+}
+
+/// A loaded Llama model: configuration and weights. Immutable and shareable across threads.
+pub struct LlamaModel {
+    /// Hyper-parameters.
+    pub config: LlamaConfig,
+    /// The file the weights are read from (tokenizer and template metadata live there too).
+    pub file: Arc<GgufFile>,
+    tok_embd: QMatrix,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    /// `None` when the LM head is tied to the embedding.
+    output: Option<QMatrix>,
+}
+
+impl std::fmt::Debug for LlamaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaModel").field("config", &self.config).finish()
+    }
+}
+
+fn load_f32(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
+    let t = file.tensor(name).ok_or_else(|| Error::gguf(format!("missing tensor {name:?}")))?;
+    if t.n_elements() != len as u64 {
+        return Err(Error::gguf(format!("tensor {name:?} has {} elements, expected {len}", t.n_elements())));
+    }
+    let mut out = vec![0.0; len];
+    quant::dequantize_row(t.dtype, file.tensor_data(t), &mut out);
+    Ok(out)
+}
+
+impl LlamaModel {
+    /// Builds the model over an opened GGUF file, checking every tensor's presence and shape.
+    pub fn load(file: Arc<GgufFile>) -> Result<Self> {
+        let c = LlamaConfig::from_gguf(&file)?;
+        let kv_dim = c.n_kv_heads * c.head_dim;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: load_f32(&file, &n("attn_norm"), c.n_embd)?,
+                wq: QMatrix::load(&file, &n("attn_q"), c.n_embd, c.n_embd)?,
+                wk: QMatrix::load(&file, &n("attn_k"), c.n_embd, kv_dim)?,
+                wv: QMatrix::load(&file, &n("attn_v"), c.n_embd, kv_dim)?,
+                wo: QMatrix::load(&file, &n("attn_output"), c.n_embd, c.n_embd)?,
+                ffn_norm: load_f32(&file, &n("ffn_norm"), c.n_embd)?,
+                w_gate: QMatrix::load(&file, &n("ffn_gate"), c.n_embd, c.n_ff)?,
+                w_up: QMatrix::load(&file, &n("ffn_up"), c.n_embd, c.n_ff)?,
+                w_down: QMatrix::load(&file, &n("ffn_down"), c.n_ff, c.n_embd)?,
+            });
+        }
+        let tok_embd = QMatrix::load(&file, "token_embd.weight", c.n_embd, c.vocab_size)?;
+        let output = match file.tensor("output.weight") {
+            Some(_) => Some(QMatrix::load(&file, "output.weight", c.n_embd, c.vocab_size)?),
+            None => None,
+        };
+        let output_norm = load_f32(&file, "output_norm.weight", c.n_embd)?;
+        Ok(LlamaModel { config: c, file, tok_embd, layers, output_norm, output })
+    }
+
+    /// Opens and loads a GGUF model file.
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Self::load(Arc::new(GgufFile::open(path)?))
+    }
+
+    fn lm_head(&self) -> &QMatrix {
+        self.output.as_ref().unwrap_or(&self.tok_embd)
+    }
+}
+
+/// Reusable per-step buffers, grown to the largest batch seen and then reused, so the steady
+/// decode loop does not allocate.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    tmp: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    acts: Vec<u8>,
+    pos: Vec<u32>,
+    seq_of: Vec<u32>,
+    logits: Vec<f32>,
+    head_x: Vec<f32>,
+}
+
+fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
+/// A raw pointer that parallel sections write through at disjoint offsets.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every user writes only indices no other thread writes in the same section.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// Everything needed to run forward steps: the model, its KV pool, a thread pool and scratch.
+pub struct LlamaRunner {
+    model: Arc<LlamaModel>,
+    kv: KvCache,
+    pool: ThreadPool,
+    kernels: &'static Kernels,
+    scratch: Scratch,
+}
+
+impl std::fmt::Debug for LlamaRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LlamaRunner({:?}, {:?}, {:?})", self.model.config, self.kv, self.pool)
+    }
+}
+
+thread_local! {
+    /// Each pool thread's matmul output tile.
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each pool thread's attention scores (grown to the longest context seen).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Rows of weights per matmul tile: small enough to stay in L1 while all columns stream past.
+const TILE_ROWS: usize = 32;
+/// Activation columns per matmul tile.
+const TILE_COLS: usize = 64;
+
+impl LlamaRunner {
+    /// A runner with a KV pool of `num_blocks` blocks of `block_size` tokens and `n_threads`
+    /// threads (0 = one per core).
+    pub fn new(model: Arc<LlamaModel>, num_blocks: usize, block_size: usize, n_threads: usize) -> Result<Self> {
+        let kv = KvCache::new(model.config.kv_shape(), num_blocks, block_size)?;
+        Ok(LlamaRunner { model, kv, pool: ThreadPool::new(n_threads), kernels: quant::kernels(), scratch: Scratch::default() })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<LlamaModel> {
+        &self.model
+    }
+
+    /// The KV pool (read-only; the engine hands out block ids).
+    pub fn kv(&self) -> &KvCache {
+        &self.kv
+    }
+
+    /// The KV pool, mutably (for copy-on-write of shared blocks).
+    pub fn kv_mut(&mut self) -> &mut KvCache {
+        &mut self.kv
+    }
+
+    /// Threads in the pool.
+    pub fn n_threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    /// The SIMD kernel set in use.
+    pub fn kernels(&self) -> &'static Kernels {
+        self.kernels
+    }
+
+    /// Runs the batch through the model, writing K/V for its tokens into their blocks, and
+    /// returns logits for `batch.logits_rows` as a row-major `rows x vocab` slice.
+    pub fn forward(&mut self, batch: &Batch) -> Result<&[f32]> {
+        batch.validate(self.kv.num_blocks(), self.kv.block_size())?;
+        let model = Arc::clone(&self.model);
+        let c = &model.config;
+        let t = batch.tokens.len();
+        let vocab = c.vocab_size;
+        if let Some(&bad) = batch.tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        for s in &batch.seqs {
+            if s.ctx_before + s.len > c.context_length.max(1) * 64 {
+                return Err(Error::invalid("sequence is implausibly long"));
+            }
+        }
+        let (e, kvd, ff) = (c.n_embd, c.n_kv_heads * c.head_dim, c.n_ff);
+        let sc = &mut self.scratch;
+        grow(&mut sc.x, t * e);
+        grow(&mut sc.xn, t * e);
+        grow(&mut sc.q, t * e);
+        grow(&mut sc.k, t * kvd);
+        grow(&mut sc.v, t * kvd);
+        grow(&mut sc.attn, t * e);
+        grow(&mut sc.tmp, t * e);
+        grow(&mut sc.gate, t * ff);
+        grow(&mut sc.up, t * ff);
+        sc.pos.clear();
+        sc.seq_of.clear();
+        for (si, s) in batch.seqs.iter().enumerate() {
+            for i in 0..s.len {
+                sc.pos.push((s.ctx_before + i) as u32);
+                sc.seq_of.push(si as u32);
+            }
+        }
+        // Embeddings.
+        for (i, &tok) in batch.tokens.iter().enumerate() {
+            quant::dequantize_row(model.tok_embd.dtype, model.tok_embd.row(tok as usize), &mut sc.x[i * e..(i + 1) * e]);
+        }
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        for (li, layer) in model.layers.iter().enumerate() {
+            // Attention block.
+            rms_norm_rows(&self.pool, &sc.x[..t * e], &layer.attn_norm, c.rms_eps, &mut sc.xn[..t * e]);
+            let acts = quantize_rows(&self.pool, layer.wq.dtype, &sc.xn[..t * e], e, &mut sc.acts);
+            matmul(&self.pool, self.kernels, &layer.wq, acts, t, &mut sc.q[..t * e]);
+            let acts = if layer.wk.dtype == layer.wq.dtype { acts } else { quantize_rows(&self.pool, layer.wk.dtype, &sc.xn[..t * e], e, &mut sc.acts) };
+            matmul(&self.pool, self.kernels, &layer.wk, acts, t, &mut sc.k[..t * kvd]);
+            let acts = if layer.wv.dtype == layer.wk.dtype { acts } else { quantize_rows(&self.pool, layer.wv.dtype, &sc.xn[..t * e], e, &mut sc.acts) };
+            matmul(&self.pool, self.kernels, &layer.wv, acts, t, &mut sc.v[..t * kvd]);
+            for i in 0..t {
+                let p = sc.pos[i] as usize;
+                rope(&mut sc.q[i * e..(i + 1) * e], c.head_dim, c.rope_dim, p, c.rope_base);
+                rope(&mut sc.k[i * kvd..(i + 1) * kvd], c.head_dim, c.rope_dim, p, c.rope_base);
+                let s = &batch.seqs[sc.seq_of[i] as usize];
+                self.kv.store(li, &s.block_table, p, &sc.k[i * kvd..(i + 1) * kvd], &sc.v[i * kvd..(i + 1) * kvd]);
+            }
+            attention(&self.pool, &self.kv, li, batch, c, &sc.pos, &sc.seq_of, &sc.q[..t * e], scale, &mut sc.attn[..t * e]);
+            let acts = quantize_rows(&self.pool, layer.wo.dtype, &sc.attn[..t * e], e, &mut sc.acts);
+            matmul(&self.pool, self.kernels, &layer.wo, acts, t, &mut sc.tmp[..t * e]);
+            add_in_place(&mut sc.x[..t * e], &sc.tmp[..t * e]);
+            // MLP block.
+            rms_norm_rows(&self.pool, &sc.x[..t * e], &layer.ffn_norm, c.rms_eps, &mut sc.xn[..t * e]);
+            let acts = quantize_rows(&self.pool, layer.w_gate.dtype, &sc.xn[..t * e], e, &mut sc.acts);
+            matmul(&self.pool, self.kernels, &layer.w_gate, acts, t, &mut sc.gate[..t * ff]);
+            let acts = if layer.w_up.dtype == layer.w_gate.dtype { acts } else { quantize_rows(&self.pool, layer.w_up.dtype, &sc.xn[..t * e], e, &mut sc.acts) };
+            matmul(&self.pool, self.kernels, &layer.w_up, acts, t, &mut sc.up[..t * ff]);
+            for (g, u) in sc.gate[..t * ff].iter_mut().zip(&sc.up[..t * ff]) {
+                *g = silu(*g) * u;
+            }
+            let acts = quantize_rows(&self.pool, layer.w_down.dtype, &sc.gate[..t * ff], ff, &mut sc.acts);
+            matmul(&self.pool, self.kernels, &layer.w_down, acts, t, &mut sc.tmp[..t * e]);
+            add_in_place(&mut sc.x[..t * e], &sc.tmp[..t * e]);
+        }
+        // LM head on the requested rows only.
+        let r = batch.logits_rows.len();
+        grow(&mut sc.head_x, r * e);
+        for (j, &row) in batch.logits_rows.iter().enumerate() {
+            sc.head_x[j * e..(j + 1) * e].copy_from_slice(&sc.x[row * e..(row + 1) * e]);
+        }
+        grow(&mut sc.xn, r * e);
+        rms_norm_rows(&self.pool, &sc.head_x[..r * e], &model.output_norm, c.rms_eps, &mut sc.xn[..r * e]);
+        let head = model.lm_head();
+        let acts = quantize_rows(&self.pool, head.dtype, &sc.xn[..r * e], e, &mut sc.acts);
+        grow(&mut sc.logits, r * vocab);
+        matmul(&self.pool, self.kernels, head, acts, r, &mut sc.logits[..r * vocab]);
+        Ok(&sc.logits[..r * vocab])
+    }
+}
+
+/// `out[i] = x[i] / rms(x[i]) * w` per row, summing squares in f64 as ggml does.
+fn rms_norm_rows(pool: &ThreadPool, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    let rows = x.len() / n;
+    let outp = SharedOut(out.as_mut_ptr());
+    let body = |tid: usize, nt: usize| {
+        let outp = outp;
+        for r in split_range(rows, tid, nt, 1) {
+            let xr = &x[r * n..(r + 1) * n];
+            let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let scale = 1.0 / ((ss / n as f64) as f32 + eps).sqrt();
+            for j in 0..n {
+                // SAFETY: row r is written by this thread only.
+                unsafe { *outp.0.add(r * n + j) = xr[j] * scale * w[j] };
+            }
+        }
+    };
+    if rows >= 8 {
+        pool.run(body);
+    } else {
+        body(0, 1);
+    }
+}
+
+/// Quantizes each row of `x` (rows of `n`) to the activation type for weights of `w_ty`.
+fn quantize_rows<'a>(pool: &ThreadPool, w_ty: GgmlType, x: &[f32], n: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
+    let a_ty = quant::vec_dot_type(w_ty);
+    let rb = a_ty.row_bytes(n as u64).expect("activation row size: programming error") as usize;
+    let rows = x.len() / n;
+    grow(buf, rows * rb);
+    let base = buf.as_mut_ptr() as usize;
+    let body = |tid: usize, nt: usize| {
+        for r in split_range(rows, tid, nt, 1) {
+            // SAFETY: each row's bytes are written by exactly one thread.
+            let dst = unsafe { std::slice::from_raw_parts_mut((base as *mut u8).add(r * rb), rb) };
+            quant::quantize_row(a_ty, &x[r * n..(r + 1) * n], dst);
+        }
+    };
+    if rows >= 8 {
+        pool.run(body);
+    } else {
+        body(0, 1);
+    }
+    &buf[..rows * rb]
+}
+
+/// `out[c][r] = W[r] . act[c]` for `t` activation rows, split by weight rows across threads.
+fn matmul(pool: &ThreadPool, k: &Kernels, w: &QMatrix, acts: &[u8], t: usize, out: &mut [f32]) {
+    let a_rb = acts.len() / t.max(1);
+    let outp = SharedOut(out.as_mut_ptr());
+    let rows = w.rows;
+    pool.run(|tid, nt| {
+        let outp = outp;
+        let my = split_range(rows, tid, nt, TILE_ROWS);
+        TILE.with(|tile| {
+            let mut tile = tile.borrow_mut();
+            grow(&mut tile, TILE_ROWS * TILE_COLS);
+            let mut r0 = my.start;
+            while r0 < my.end {
+                let nr = TILE_ROWS.min(my.end - r0);
+                let wb = &w.bytes()[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
+                let mut c0 = 0;
+                while c0 < t {
+                    let nc = TILE_COLS.min(t - c0);
+                    k.matmul_tile(w.dtype, w.cols, wb, nr, &acts[c0 * a_rb..(c0 + nc) * a_rb], nc, &mut tile[..nr * nc], nr);
+                    for c in 0..nc {
+                        for r in 0..nr {
+                            // SAFETY: rows r0..r0+nr belong to this thread alone.
+                            unsafe { *outp.0.add((c0 + c) * rows + r0 + r) = tile[c * nr + r] };
+                        }
+                    }
+                    c0 += nc;
+                }
+                r0 += nr;
+            }
+        });
+    });
+}
+
+/// Rotates adjacent pairs `(x[2i], x[2i+1])` of every head by `pos * base^(-2i/rope_dim)`,
+/// stepping the angle by repeated multiplication as ggml does.
+fn rope(x: &mut [f32], head_dim: usize, rope_dim: usize, pos: usize, base: f32) {
+    let theta_scale = base.powf(-2.0 / rope_dim as f32);
+    let mut cs = [(0f32, 0f32); 256];
+    let mut theta = pos as f32;
+    let pairs = (rope_dim / 2).min(cs.len());
+    for c in cs.iter_mut().take(pairs) {
+        *c = (theta.cos(), theta.sin());
+        theta *= theta_scale;
+    }
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, &(cos, sin)) in cs.iter().take(pairs).enumerate() {
+            let (a, b) = (head[2 * i], head[2 * i + 1]);
+            head[2 * i] = a * cos - b * sin;
+            head[2 * i + 1] = a * sin + b * cos;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    pool: &ThreadPool,
+    kv: &KvCache,
+    layer: usize,
+    batch: &Batch,
+    c: &LlamaConfig,
+    pos: &[u32],
+    seq_of: &[u32],
+    q: &[f32],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let t = pos.len();
+    let n_rep = c.n_heads / c.n_kv_heads;
+    let hd = c.head_dim;
+    let groups = t * c.n_kv_heads;
+    let outp = SharedOut(out.as_mut_ptr());
+    pool.run(|tid, nt| {
+        let outp = outp;
+        SCORES.with(|scores| {
+        let mut scores = scores.borrow_mut();
+        for gi in split_range(groups, tid, nt, 1) {
+            let (i, g) = (gi / c.n_kv_heads, gi % c.n_kv_heads);
+            let n_ctx = pos[i] as usize + 1;
+            if scores.len() < n_rep * n_ctx {
+                scores.resize(n_rep * n_ctx, 0.0);
+            }
+            let s = &batch.seqs[seq_of[i] as usize];
+            let target = AttnTarget { kv, layer, kv_head: g, block_table: &s.block_table, n_ctx };
+            let off = i * c.n_heads * hd + g * n_rep * hd;
+            // SAFETY: this (token, kv head) group's output heads are written by this thread only.
+            let o = unsafe { std::slice::from_raw_parts_mut(outp.0.add(off), n_rep * hd) };
+            attend_group(&target, &q[off..off + n_rep * hd], n_rep, scale, &mut scores, o);
+        }
+        });
+    });
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
