@@ -141,7 +141,7 @@ pub(crate) async fn completions(
         let body = Body::parse(&bytes)?;
         let (p, prompt) = params::completion(&body)?;
         check_model(&model, p.model.as_deref())?;
-        let enc = |t: &str| model.codec.encode(t, true).map_err(codec_err("prompt"));
+        let enc = |t: &str| model.codec.encode_prompt(t).map_err(codec_err("prompt"));
         let prompts = match prompt {
             Prompt::Text(t) => vec![enc(&t)?],
             Prompt::Texts(ts) => ts.iter().map(|t| enc(t)).collect::<Result<_, _>>()?,

@@ -31,6 +31,11 @@ pub trait TextCodec: Send + Sync + 'static {
         messages: &[ChatTurn],
         add_generation_prompt: bool,
     ) -> Result<String, CodecError>;
+    /// Token ids of a raw completion prompt: like `encode(text, true)` plus the BOS/EOS the
+    /// model file asks for. (Chat prompts use plain `encode`, as templates write BOS themselves.)
+    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, CodecError> {
+        self.encode(text, true)
+    }
     /// Raw bytes of one token (may be part of a UTF-8 character), for logprob `bytes`.
     fn token_bytes(&self, id: u32) -> Vec<u8>;
     /// Display string of one token, for logprob `token` fields.
@@ -104,6 +109,63 @@ impl ferrum_engine::TokenText for AsciiCodec {
     }
 }
 
+/// The real codec: the model's tokenizer and chat template. It also implements the engine's
+/// [`TokenText`](ferrum_engine::TokenText), so `ferrum serve` can hand one `Arc<ModelCodec>`
+/// to both the engine and the server.
+#[derive(Debug)]
+pub struct ModelCodec {
+    /// The model's tokenizer.
+    pub tokenizer: ferrum_model::tokenizer::Tokenizer,
+    /// The model's chat template.
+    pub template: ferrum_model::chat::ChatTemplate,
+}
+
+impl ModelCodec {
+    /// Tokenizer and chat template from an opened GGUF file.
+    pub fn from_gguf(f: &ferrum_model::gguf::GgufFile) -> ferrum_model::Result<Self> {
+        Ok(ModelCodec {
+            tokenizer: ferrum_model::tokenizer::Tokenizer::from_gguf(f)?,
+            template: ferrum_model::chat::ChatTemplate::from_gguf(f)?,
+        })
+    }
+}
+
+fn codec_error(e: ferrum_model::Error) -> CodecError {
+    CodecError(e.msg)
+}
+
+impl TextCodec for ModelCodec {
+    fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, CodecError> {
+        self.tokenizer.encode(text, special).map_err(codec_error)
+    }
+
+    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, CodecError> {
+        self.tokenizer.encode_prompt(text).map_err(codec_error)
+    }
+
+    fn render_chat(&self, messages: &[ChatTurn], add_gen: bool) -> Result<String, CodecError> {
+        let msgs: Vec<ferrum_model::chat::ChatMessage> = messages
+            .iter()
+            .map(|m| ferrum_model::chat::ChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect();
+        self.template.render(&msgs, add_gen).map_err(codec_error)
+    }
+
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.tokenizer.token_bytes(id).to_vec()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
+}
+
+impl ferrum_engine::TokenText for ModelCodec {
+    fn token_bytes(&self, id: u32) -> &[u8] {
+        self.tokenizer.token_bytes(id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +185,35 @@ mod tests {
     fn ascii_codec_refuses_non_ascii_and_unknown_ids() {
         assert!(AsciiCodec.encode("é", true).is_err());
         assert!(TextCodec::token_bytes(&AsciiCodec, 96).is_empty());
+    }
+
+    /// Needs the default model file; fails (not skips) when it is missing, like the model
+    /// crate's tests, so a missing file is never mistaken for a pass.
+    #[test]
+    fn model_codec_renders_chatml_and_encodes_special_tokens() {
+        let path =
+            std::path::Path::new("/root/.cache/ferrum/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let f = ferrum_model::gguf::GgufFile::open(path)
+            .unwrap_or_else(|e| panic!("default model at {}: {e}", path.display()));
+        let c = ModelCodec::from_gguf(&f).unwrap_or_else(|e| panic!("{e}"));
+        let turns = [ChatTurn {
+            role: "user".into(),
+            content: "Hi".into(),
+        }];
+        let text = c.render_chat(&turns, true).unwrap_or_default();
+        assert!(text.contains("<|im_start|>user"), "{text}");
+        assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
+        let ids = c.encode(&text, true).unwrap_or_default();
+        let start = c.tokenizer.token_to_id("<|im_start|>");
+        assert!(
+            start.is_some_and(|s| ids[0] == s),
+            "special token parsed: {ids:?}"
+        );
+        let joined: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| TextCodec::token_bytes(&c, i))
+            .collect();
+        assert_eq!(String::from_utf8_lossy(&joined), text);
     }
 
     #[test]

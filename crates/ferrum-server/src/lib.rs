@@ -32,7 +32,7 @@ pub mod state;
 use std::future::Future;
 use std::net::SocketAddr;
 
-pub use codec::{AsciiCodec, ChatTurn, CodecError, TextCodec, ASCII_VOCAB};
+pub use codec::{AsciiCodec, ChatTurn, CodecError, ModelCodec, TextCodec, ASCII_VOCAB};
 pub use error::ApiError;
 pub use routes::router;
 pub use state::{AppState, Model, Server, ServerConfig};

@@ -314,26 +314,27 @@ fn messages(body: &Body) -> Result<Vec<ChatTurn>, ApiError> {
                     format!("unknown role '{}'; expected one of {ROLES:?}", m.role),
                 ));
             }
-            let content =
-                match m.content {
-                    None => String::new(),
-                    Some(Content::Text(t)) => t,
-                    Some(Content::Parts(parts)) => {
-                        let mut out = String::new();
-                        for p in parts {
-                            match (p.kind.as_str(), p.text) {
-                                ("text", Some(t)) => out.push_str(&t),
-                                (kind, _) => return Err(ApiError::invalid(
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t,
+                Some(Content::Parts(parts)) => {
+                    let mut out = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), p.text) {
+                            ("text", Some(t)) => out.push_str(&t),
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
                                     Some(format!("messages[{i}].content")),
                                     format!(
                                         "content part of type '{kind}' is not supported; only text"
                                     ),
-                                )),
+                                ))
                             }
                         }
-                        out
                     }
-                };
+                    out
+                }
+            };
             Ok(ChatTurn {
                 role: m.role,
                 content,
