@@ -89,6 +89,46 @@ pub async fn serve(
     }
 }
 
+/// The whole `ferrum serve` lifecycle after flag parsing: binds `config.addr` (so `/health`
+/// answers 503 "loading" at once), runs `load` on a blocking thread, prints the [`banner`],
+/// installs the model, and serves until Ctrl-C / SIGTERM, then drains. A failed load stops
+/// the server and is returned as an error.
+pub async fn run<F>(config: ServerConfig, load: F) -> std::io::Result<()>
+where
+    F: FnOnce() -> Result<(Model, BannerInfo), String> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    let addr = listener.local_addr()?;
+    let server = Server::new(config);
+    let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {},
+            _ = fail_rx => {},
+        }
+    };
+    let serving = tokio::spawn(serve(listener, server.clone(), stop));
+    tracing::info!("listening on http://{addr}; loading the model");
+    let loaded = tokio::task::spawn_blocking(load)
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r.map_err(std::io::Error::other));
+    match loaded {
+        Ok((model, mut info)) => {
+            info.addr = addr;
+            info.api_key = server.state.config.api_key.is_some();
+            println!("{}", banner(&info));
+            server.set_model(model);
+        }
+        Err(e) => {
+            let _ = fail_tx.send(());
+            let _ = serving.await;
+            return Err(e);
+        }
+    }
+    serving.await.map_err(std::io::Error::other)?
+}
+
 /// Resolves on Ctrl-C or (on Unix) SIGTERM, to pass to [`serve`].
 pub async fn shutdown_signal() {
     let ctrl_c = async {
