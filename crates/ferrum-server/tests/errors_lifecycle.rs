@@ -311,3 +311,33 @@ async fn shutdown_wait_is_bounded_by_the_drain_timeout() {
         t0.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_before_a_non_streamed_answer_cancels_and_frees_kv() {
+    use tokio::io::AsyncWriteExt;
+    let ts = TestServer::start(Opts {
+        step_delay: Duration::from_millis(10),
+        prefix_cache: false,
+        ..Opts::default()
+    })
+    .await;
+    let body = json!({"prompt": "tell me a long story", "max_tokens": 400}).to_string();
+    let mut sock = tokio::net::TcpStream::connect(ts.addr)
+        .await
+        .expect("connect");
+    let mut req = common::head("POST", "/v1/completions", &[], body.len()).into_bytes();
+    req.extend_from_slice(body.as_bytes());
+    sock.write_all(&req).await.expect("write");
+    let s = wait_stats(&ts, Duration::from_secs(5), |s| s.running == 1).await;
+    assert_eq!(s.running, 1);
+    drop(sock);
+    let s = wait_stats(&ts, Duration::from_secs(5), |s| {
+        s.running == 0 && s.blocks_used == 0
+    })
+    .await;
+    assert_eq!((s.running, s.blocks_used), (0, 0), "{s:?}");
+    assert!(
+        s.decode_tokens < 300,
+        "request was cancelled, not run to the end: {s:?}"
+    );
+}
