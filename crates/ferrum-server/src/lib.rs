@@ -3,18 +3,48 @@
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streaming and not),
 //! `GET /v1/models`, `GET /health`, `GET /metrics`, `GET /openapi.json`.
 //!
-//! Wiring, as `ferrum serve` does it:
+//! Wiring for `ferrum serve` (engine limits such as `--max-waiting` belong in
+//! [`ferrum_engine::EngineConfig`]; a full queue answers 503 with `Retry-After`):
 //!
 //! ```no_run
-//! # async fn demo(model: ferrum_server::Model) -> std::io::Result<()> {
-//! use ferrum_server::{serve, shutdown_signal, Server, ServerConfig};
-//! let server = Server::new(ServerConfig::default());
-//! let listener = tokio::net::TcpListener::bind(server.state.config.addr).await?;
-//! // ... load the model while /health answers 503 ...
-//! server.set_model(model);
-//! serve(listener, server, shutdown_signal()).await
+//! # fn make_runner() -> ferrum_engine::testing::FakeRunner { unimplemented!() }
+//! use std::sync::Arc;
+//! use ferrum_engine::{Engine, EngineConfig, EngineHandle};
+//! use ferrum_server::{run, BannerInfo, Model, ModelCodec, ServerConfig};
+//!
+//! # async fn demo() -> std::io::Result<()> {
+//! let config = ServerConfig { api_key: None, ..ServerConfig::default() }; // 127.0.0.1:8080
+//! run(config, move || {
+//!     // Runs on a blocking thread while /health answers 503.
+//!     let gguf = ferrum_model::gguf::GgufFile::open("model.gguf").map_err(|e| e.to_string())?;
+//!     let codec = Arc::new(ModelCodec::from_gguf(&gguf).map_err(|e| e.to_string())?);
+//!     let cfg = EngineConfig { eos_token_ids: codec.tokenizer.stop_ids(), ..EngineConfig::default() };
+//!     let info = BannerInfo {
+//!         model: "SmolLM2-135M-Instruct".into(),
+//!         source: "model.gguf".into(),
+//!         max_model_len: cfg.max_model_len,
+//!         kv_blocks: cfg.num_blocks,
+//!         block_size: cfg.block_size,
+//!         addr: ServerConfig::default().addr, // replaced by the bound address
+//!         threads: 4,
+//!         api_key: false,
+//!     };
+//!     let model = Model {
+//!         name: info.model.clone(),
+//!         max_model_len: cfg.max_model_len,
+//!         kv_capacity_tokens: cfg.num_blocks * cfg.block_size,
+//!         codec: codec.clone(),
+//!         engine: EngineHandle::spawn(
+//!             Engine::new(make_runner(), codec, cfg).map_err(|e| e.to_string())?,
+//!         ),
+//!     };
+//!     Ok((model, info))
+//! })
+//! .await
 //! # }
 //! ```
+//!
+//! For finer control use [`Server::new`], [`Server::set_model`] and [`serve`] directly.
 #![deny(missing_docs)]
 
 mod api;
