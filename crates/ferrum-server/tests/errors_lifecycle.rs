@@ -341,3 +341,18 @@ async fn client_disconnect_before_a_non_streamed_answer_cancels_and_frees_kv() {
         "request was cancelled, not run to the end: {s:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_returns_the_load_error_and_stops_listening() {
+    let config = ServerConfig {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..ServerConfig::default()
+    };
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        ferrum_server::run(config, || Err("no such model file".to_string())),
+    )
+    .await;
+    let err = res.expect("run must not hang after a failed load").err();
+    assert!(err.is_some_and(|e| e.to_string().contains("no such model file")));
+}
