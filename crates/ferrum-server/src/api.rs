@@ -1,0 +1,155 @@
+//! The generation routes: `POST /v1/chat/completions` and `POST /v1/completions`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::error::ApiError;
+use crate::format::{Format, Route};
+use crate::generate::{self, collect, total_usage, Job};
+use crate::params::{self, Body, GenParams, Prompt};
+use crate::state::{unix_now, AppState, Model};
+
+/// The body bytes, or the OpenAI-shaped error for a refused body (413 over the limit).
+pub(crate) fn body_bytes(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(state.config.max_body_bytes)
+        } else {
+            ApiError::invalid(
+                None,
+                format!("could not read the request body: {}", e.body_text()),
+            )
+        }
+    })
+}
+
+/// The loaded model, or 503 while loading or draining.
+pub(crate) fn ready_model(state: &AppState) -> Result<Arc<Model>, ApiError> {
+    if state.draining() {
+        return Err(ApiError::unavailable(
+            "the server is shutting down",
+            "shutting_down",
+        ));
+    }
+    state
+        .model()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("the model is still loading", "model_loading"))
+}
+
+fn check_model(model: &Model, asked: Option<&str>) -> Result<(), ApiError> {
+    match asked {
+        Some(name) if name != model.name => Err(ApiError::model_not_found(name)),
+        _ => Ok(()),
+    }
+}
+
+fn codec_err(param: &str) -> impl Fn(crate::codec::CodecError) -> ApiError + '_ {
+    move |e| ApiError::invalid(Some(param.to_string()), e.0)
+}
+
+async fn run(
+    state: Arc<AppState>,
+    model: Arc<Model>,
+    route: Route,
+    prompts: Vec<Vec<u32>>,
+    p: GenParams,
+    start: Instant,
+) -> Result<Response, ApiError> {
+    let prompt_param = match route {
+        Route::Chat => "messages",
+        Route::Completion => "prompt",
+    };
+    let job = Job {
+        prompts,
+        params: &p,
+        prompt_param,
+    };
+    let tracked = generate::submit(&state, &model, job, start).await?;
+    let fmt = Format {
+        route,
+        id: state.new_id(match route {
+            Route::Chat => "chatcmpl",
+            Route::Completion => "cmpl",
+        }),
+        created: unix_now(),
+        model: model.name.clone(),
+        codec: model.codec.clone(),
+    };
+    if p.stream {
+        return Ok(crate::sse::respond(
+            tracked,
+            fmt,
+            p.include_usage,
+            p.logprobs,
+            state.config.keep_alive,
+        ));
+    }
+    let mut outs = Vec::with_capacity(tracked.len());
+    for t in tracked {
+        outs.push(collect(t).await?);
+    }
+    let usage = total_usage(outs.iter().map(|o| (o.prompt_index, &o.usage)));
+    Ok(Json(fmt.response(&outs, &usage, p.logprobs)).into_response())
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let start = Instant::now();
+    let res = async {
+        let bytes = body_bytes(&state, body)?;
+        let model = ready_model(&state)?;
+        let body = Body::parse(&bytes)?;
+        let (p, turns) = params::chat(&body)?;
+        check_model(&model, p.model.as_deref())?;
+        let text = model
+            .codec
+            .render_chat(&turns, true)
+            .map_err(codec_err("messages"))?;
+        let ids = model
+            .codec
+            .encode(&text, true)
+            .map_err(codec_err("messages"))?;
+        run(state.clone(), model, Route::Chat, vec![ids], p, start).await
+    }
+    .await;
+    res.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/completions`.
+pub(crate) async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let start = Instant::now();
+    let res = async {
+        let bytes = body_bytes(&state, body)?;
+        let model = ready_model(&state)?;
+        let body = Body::parse(&bytes)?;
+        let (p, prompt) = params::completion(&body)?;
+        check_model(&model, p.model.as_deref())?;
+        let enc = |t: &str| model.codec.encode_prompt(t).map_err(codec_err("prompt"));
+        let prompts = match prompt {
+            Prompt::Text(t) => vec![enc(&t)?],
+            Prompt::Texts(ts) => ts.iter().map(|t| enc(t)).collect::<Result<_, _>>()?,
+            Prompt::Ids(ids) => vec![ids],
+            Prompt::IdLists(l) => l,
+        };
+        run(state.clone(), model, Route::Completion, prompts, p, start).await
+    }
+    .await;
+    res.unwrap_or_else(IntoResponse::into_response)
+}

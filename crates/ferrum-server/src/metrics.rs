@@ -1,0 +1,297 @@
+//! Prometheus metrics, rendered as text on `GET /metrics`.
+//!
+//! Counters and latency histograms are updated by the request path; engine gauges (queue
+//! depth, running sequences, KV blocks, prefix-cache hits) are read from the engine at scrape
+//! time so they are never stale. Hand-rolled to avoid a metrics dependency: the exposition
+//! format is a few lines of text.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ferrum_engine::EngineStats;
+
+/// A fixed-bucket histogram of seconds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    inner: Mutex<HistInner>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct HistInner {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            inner: Mutex::new(HistInner {
+                counts: vec![0; bounds.len()],
+                ..HistInner::default()
+            }),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let v = d.as_secs_f64();
+        if let Ok(mut h) = self.inner.lock() {
+            if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
+                h.counts[i] += 1;
+            }
+            h.sum += v;
+            h.count += 1;
+        }
+    }
+
+    /// Observations so far (for tests).
+    pub fn count(&self) -> u64 {
+        self.inner.lock().map(|h| h.count).unwrap_or(0)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let h = self.inner.lock().map(|h| h.clone()).unwrap_or_default();
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&h.counts) {
+            cum += c;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
+    }
+}
+
+const TTFT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const ITL_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const E2E_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// All server-side metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Prompt tokens of finished requests.
+    pub prompt_tokens: AtomicU64,
+    /// Generated tokens of finished requests.
+    pub generation_tokens: AtomicU64,
+    /// Prompt tokens served from the prefix cache, as reported per request.
+    pub cached_prompt_tokens: AtomicU64,
+    /// Time from arrival to first token.
+    pub ttft: Histogram,
+    /// Time between consecutive tokens of one request.
+    pub itl: Histogram,
+    /// Time from arrival to the end of the request.
+    pub e2e: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Mutex::new(BTreeMap::new()),
+            prompt_tokens: AtomicU64::new(0),
+            generation_tokens: AtomicU64::new(0),
+            cached_prompt_tokens: AtomicU64::new(0),
+            ttft: Histogram::new(TTFT_BUCKETS),
+            itl: Histogram::new(ITL_BUCKETS),
+            e2e: Histogram::new(E2E_BUCKETS),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one HTTP response for `route` (the matched path pattern) with `status`.
+    pub fn count_request(&self, route: &str, status: u16) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((route.to_string(), status)).or_insert(0) += 1;
+        }
+    }
+
+    /// Counts a finished generation's tokens.
+    pub fn count_tokens(&self, prompt: usize, generated: usize, cached: usize) {
+        self.prompt_tokens
+            .fetch_add(prompt as u64, Ordering::Relaxed);
+        self.generation_tokens
+            .fetch_add(generated as u64, Ordering::Relaxed);
+        self.cached_prompt_tokens
+            .fetch_add(cached as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition; `engine` is `None` while the model loads.
+    pub fn render(&self, engine: Option<&EngineStats>, ready: bool) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, kind: &str, v: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        gauge(
+            "ferrum_ready",
+            "1 once the model is loaded and the server is not draining.",
+            "gauge",
+            u8::from(ready).to_string(),
+        );
+        if let Some(s) = engine {
+            let g = [
+                (
+                    "ferrum_queue_depth",
+                    "Requests waiting for admission.",
+                    s.waiting as u64,
+                ),
+                (
+                    "ferrum_running_sequences",
+                    "Requests being computed.",
+                    s.running as u64,
+                ),
+                (
+                    "ferrum_kv_blocks_used",
+                    "KV blocks in use.",
+                    s.blocks_used as u64,
+                ),
+                (
+                    "ferrum_kv_blocks_free",
+                    "KV blocks free.",
+                    s.blocks_free as u64,
+                ),
+                (
+                    "ferrum_kv_blocks_total",
+                    "KV blocks in the pool.",
+                    s.blocks_total as u64,
+                ),
+                (
+                    "ferrum_kv_blocks_cached",
+                    "KV blocks held by the prefix cache.",
+                    s.cached_blocks as u64,
+                ),
+            ];
+            for (name, help, v) in g {
+                gauge(name, help, "gauge", v.to_string());
+            }
+            let c = [
+                (
+                    "ferrum_prefix_cache_hit_tokens_total",
+                    "Prompt tokens served from the prefix cache.",
+                    s.cache_hit_tokens,
+                ),
+                (
+                    "ferrum_prefix_cache_miss_tokens_total",
+                    "Looked-up prompt tokens not in the prefix cache.",
+                    s.cache.miss_tokens,
+                ),
+                (
+                    "ferrum_prefix_cache_evictions_total",
+                    "Prefix-cache blocks evicted.",
+                    s.cache.evictions,
+                ),
+                (
+                    "ferrum_prefill_tokens_total",
+                    "Prompt tokens computed.",
+                    s.prefill_tokens,
+                ),
+                (
+                    "ferrum_decode_tokens_total",
+                    "Decode tokens computed.",
+                    s.decode_tokens,
+                ),
+                (
+                    "ferrum_preemptions_total",
+                    "Requests preempted for KV space.",
+                    s.preemptions,
+                ),
+                ("ferrum_engine_steps_total", "Engine steps run.", s.steps),
+            ];
+            for (name, help, v) in c {
+                gauge(name, help, "counter", v.to_string());
+            }
+        }
+        let tok = [
+            (
+                "ferrum_prompt_tokens_total",
+                "Prompt tokens of finished requests (tokens in).",
+                &self.prompt_tokens,
+            ),
+            (
+                "ferrum_generation_tokens_total",
+                "Generated tokens of finished requests (tokens out).",
+                &self.generation_tokens,
+            ),
+            (
+                "ferrum_request_cached_tokens_total",
+                "Cached prompt tokens reported in responses.",
+                &self.cached_prompt_tokens,
+            ),
+        ];
+        for (name, help, v) in tok {
+            gauge(name, help, "counter", v.load(Ordering::Relaxed).to_string());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferrum_requests_total HTTP responses by route and status.\n# TYPE ferrum_requests_total counter"
+        );
+        if let Ok(m) = self.requests.lock() {
+            for ((route, status), n) in m.iter() {
+                let route = route.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(
+                    out,
+                    "ferrum_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        self.ttft.render(
+            &mut out,
+            "ferrum_time_to_first_token_seconds",
+            "Time from request arrival to its first token.",
+        );
+        self.itl.render(
+            &mut out,
+            "ferrum_inter_token_latency_seconds",
+            "Time between consecutive tokens of a request.",
+        );
+        self.e2e.render(
+            &mut out,
+            "ferrum_e2e_request_latency_seconds",
+            "Time from request arrival to its end.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.ttft.observe(Duration::from_millis(3));
+        m.ttft.observe(Duration::from_millis(200));
+        let text = m.render(None, true);
+        assert!(text.contains("ferrum_time_to_first_token_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("ferrum_time_to_first_token_seconds_bucket{le=\"0.25\"} 2"));
+        assert!(text.contains("ferrum_time_to_first_token_seconds_count 2"));
+    }
+
+    #[test]
+    fn request_counts_are_labelled_by_route_and_status() {
+        let m = Metrics::default();
+        m.count_request("/v1/completions", 200);
+        m.count_request("/v1/completions", 200);
+        m.count_request("/v1/completions", 400);
+        let text = m.render(None, false);
+        assert!(text.contains("ferrum_requests_total{route=\"/v1/completions\",status=\"200\"} 2"));
+        assert!(text.contains("ferrum_requests_total{route=\"/v1/completions\",status=\"400\"} 1"));
+        assert!(text.contains("ferrum_ready 0"));
+    }
+}

@@ -1,0 +1,170 @@
+//! The router: one route table (also checked against the OpenAPI spec), auth and request
+//! counting middleware, JSON 404/405 fallbacks, and the small read-only routes.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::api::{chat_completions, completions, ready_model};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+type Shared = Arc<AppState>;
+
+fn table() -> Vec<(Method, &'static str, MethodRouter<Shared>)> {
+    vec![
+        (Method::POST, "/v1/chat/completions", post(chat_completions)),
+        (Method::POST, "/v1/completions", post(completions)),
+        (Method::GET, "/v1/models", get(list_models)),
+        (Method::GET, "/v1/models/{model}", get(get_model)),
+        (Method::GET, "/health", get(health)),
+        (Method::GET, "/metrics", get(metrics)),
+        (Method::GET, "/openapi.json", get(openapi)),
+    ]
+}
+
+/// Every `(method, path)` the router serves, in axum's `{param}` path syntax; the OpenAPI
+/// test compares this list with the spec.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+/// The full application router over `state`.
+pub fn router(state: Shared) -> Router {
+    let mut r = Router::new();
+    for (_, path, mr) in table() {
+        r = r.route(path, mr);
+    }
+    r.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth_and_count,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+fn key_ok(state: &AppState, req: &Request) -> bool {
+    let Some(key) = &state.config.api_key else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Compare without an early exit so timing does not reveal the matching prefix length.
+    given.is_some_and(|g| {
+        g.len() == key.len()
+            && g.bytes()
+                .zip(key.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
+}
+
+async fn auth_and_count(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let resp = if req.uri().path().starts_with("/v1/") && !key_ok(&state, &req) {
+        ApiError::unauthorized().into_response()
+    } else {
+        next.run(req).await
+    };
+    state.metrics.count_request(&route, resp.status().as_u16());
+    resp
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError::route_not_found(req.uri().path()).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::method_not_allowed().into_response()
+}
+
+/// `GET /health`: 200 once the model is loaded, 503 while loading or draining.
+async fn health(State(state): State<Shared>) -> Response {
+    let status = if state.draining() {
+        "draining"
+    } else if state.model().is_none() {
+        "loading"
+    } else {
+        return Json(json!({ "status": "ok" })).into_response();
+    };
+    let mut resp = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "status": status })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(1u32));
+    resp
+}
+
+fn model_card(state: &AppState, name: &str, max_model_len: usize) -> serde_json::Value {
+    json!({
+        "id": name,
+        "object": "model",
+        "created": state.started,
+        "owned_by": "ferrum",
+        "max_model_len": max_model_len,
+    })
+}
+
+/// `GET /v1/models`.
+async fn list_models(State(state): State<Shared>) -> Response {
+    match ready_model(&state) {
+        Ok(m) => Json(json!({
+            "object": "list",
+            "data": [model_card(&state, &m.name, m.max_model_len)],
+        }))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /v1/models/{model}`.
+async fn get_model(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    match ready_model(&state) {
+        Ok(m) if m.name == name => {
+            Json(model_card(&state, &m.name, m.max_model_len)).into_response()
+        }
+        Ok(_) => ApiError::model_not_found(&name).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(state): State<Shared>) -> Response {
+    let stats = match state.model() {
+        Some(m) => m.engine.stats_async().await,
+        None => None,
+    };
+    let ready = state.model().is_some() && !state.draining();
+    let text = state.metrics.render(stats.as_ref(), ready);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `GET /openapi.json`.
+async fn openapi() -> Response {
+    Json(crate::openapi::spec()).into_response()
+}
