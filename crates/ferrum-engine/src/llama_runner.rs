@@ -65,10 +65,16 @@ impl std::fmt::Display for KvCapacity {
 
 /// Blocks a budget buys for a model with KV `shape`; an error if it buys no block or an
 /// absurd number of them.
-pub fn kv_capacity(shape: KvShape, block_size: usize, budget: KvBudget) -> Result<KvCapacity, EngineError> {
+pub fn kv_capacity(
+    shape: KvShape,
+    block_size: usize,
+    budget: KvBudget,
+) -> Result<KvCapacity, EngineError> {
     let bytes_per_token = shape.bytes_per_token();
     if block_size == 0 || bytes_per_token == 0 {
-        return Err(EngineError::Config("block size and KV bytes per token must be > 0".into()));
+        return Err(EngineError::Config(
+            "block size and KV bytes per token must be > 0".into(),
+        ));
     }
     let block_bytes = (bytes_per_token as u64).saturating_mul(block_size as u64);
     let num_blocks = match budget {
@@ -83,7 +89,9 @@ pub fn kv_capacity(shape: KvShape, block_size: usize, budget: KvBudget) -> Resul
     let num_blocks = usize::try_from(num_blocks)
         .ok()
         .filter(|&n| u32::try_from(n).is_ok())
-        .ok_or_else(|| EngineError::Config(format!("KV budget {budget:?} needs too many blocks")))?;
+        .ok_or_else(|| {
+            EngineError::Config(format!("KV budget {budget:?} needs too many blocks"))
+        })?;
     Ok(KvCapacity {
         num_blocks,
         block_size,
@@ -96,9 +104,15 @@ pub fn kv_capacity(shape: KvShape, block_size: usize, budget: KvBudget) -> Resul
 /// Parses a memory size such as `512MiB`, `2G`, `1.5GiB` or `1000000` (bytes). Decimal
 /// suffixes (K, M, G, KB, MB, GB) are powers of 1000, binary ones (KiB, MiB, GiB) of 1024.
 pub fn parse_bytes(s: &str) -> Result<u64, EngineError> {
-    let bad = || EngineError::Config(format!("cannot parse memory size {s:?} (try 512MiB or 2GB)"));
+    let bad = || {
+        EngineError::Config(format!(
+            "cannot parse memory size {s:?} (try 512MiB or 2GB)"
+        ))
+    };
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num.parse().map_err(|_| bad())?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -145,7 +159,11 @@ impl EngineConfig {
 mod tests {
     use super::*;
 
-    const SHAPE: KvShape = KvShape { n_layers: 30, n_kv_heads: 3, head_dim: 64 };
+    const SHAPE: KvShape = KvShape {
+        n_layers: 30,
+        n_kv_heads: 3,
+        head_dim: 64,
+    };
 
     #[test]
     fn token_budget_rounds_up_to_whole_blocks() {
@@ -164,7 +182,10 @@ mod tests {
         assert!(kv_capacity(SHAPE, 16, KvBudget::Bytes(per_block - 1)).is_err());
         assert!(kv_capacity(SHAPE, 16, KvBudget::Tokens(0)).is_err());
         assert!(kv_capacity(SHAPE, 0, KvBudget::Tokens(10)).is_err());
-        assert!(kv_capacity(SHAPE, 1, KvBudget::Bytes(u64::MAX)).is_err(), "more blocks than u32");
+        assert!(
+            kv_capacity(SHAPE, 1, KvBudget::Bytes(u64::MAX)).is_err(),
+            "more blocks than u32"
+        );
     }
 
     #[test]
