@@ -18,10 +18,15 @@ pub mod error;
 pub mod fetch;
 pub mod gguf;
 pub mod kv;
+pub mod llama;
 pub mod quant;
 pub mod sampler;
+pub mod session;
 pub mod threadpool;
 pub mod tokenizer;
+
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use batch::{Batch, SeqSlice};
 pub use dtype::GgmlType;

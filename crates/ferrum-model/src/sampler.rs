@@ -1,34 +1,58 @@
-//! Token sampling from logits (placeholder: greedy only).
+//! Token sampling: turns one row of logits into the next token id, per request.
 //!
-//! This is a stand-in with the agreed API so the engine compiles while the real sampler is
-//! written on another branch; every request samples the arg-max token whatever its parameters.
+//! Order of operations (as in vLLM): penalties (repetition, then presence/frequency), then
+//! temperature, top-k, top-p and min-p. A temperature of 0 is a plain argmax over the
+//! penalised logits. The reported log-probabilities are the log-softmax of the *raw* logits,
+//! which is what OpenAI-compatible clients expect and what lets outputs be compared with
+//! llama.cpp.
+//!
+//! The vocabulary is ~49k entries, so the hot path avoids full sorts and per-token allocation:
+//! scratch buffers live in the [`Sampler`] and are reused on every call.
+
+use std::collections::{HashMap, HashSet};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// How to pick the next token; `Default` is greedy.
-#[derive(Debug, Clone, PartialEq)]
+mod math;
+mod truncate;
+use math::{max_value, sum_exp};
+use truncate::{argmax, candidates, desc, draw_untruncated, untruncated};
+
+/// The most alternatives a caller may ask for per token (the OpenAI API's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// How a request wants its tokens chosen. Missing fields deserialize to the greedy defaults,
+/// so an API layer can accept partial JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SamplingParams {
-    /// Softmax temperature; 0 means greedy.
+    /// Softmax temperature; 0 means greedy (argmax, lowest id on ties).
     pub temperature: f32,
-    /// Keep only the `top_k` most likely tokens (0 = all).
+    /// Keep only the k most likely tokens; 0 turns it off.
     pub top_k: usize,
-    /// Nucleus sampling mass (1.0 = off).
+    /// Keep the smallest set of tokens whose probability reaches this mass; 1.0 turns it off.
     pub top_p: f32,
-    /// Drop tokens below `min_p` times the best probability (0 = off).
+    /// Drop tokens less likely than `min_p` times the most likely one; 0.0 turns it off.
     pub min_p: f32,
-    /// Multiplicative penalty on already-seen tokens (1.0 = off).
+    /// Divides positive (multiplies negative) logits of tokens already in the prompt or
+    /// output, llama.cpp/HF style; 1.0 turns it off.
     pub repetition_penalty: f32,
-    /// Additive penalty on tokens seen at least once (0 = off).
+    /// Subtracted once from the logit of every token already generated (OpenAI style).
     pub presence_penalty: f32,
-    /// Additive penalty per occurrence of a token (0 = off).
+    /// Subtracted from a token's logit once per time it has been generated (OpenAI style).
     pub frequency_penalty: f32,
-    /// Seed for reproducible sampling; `None` draws one.
+    /// Fixes the random stream so a request can be replayed; `None` seeds from entropy.
     pub seed: Option<u64>,
-    /// How many top alternatives to report with each token's logprob.
+    /// How many most likely alternatives to report per token (0..=20).
     pub top_logprobs: usize,
 }
 
 impl Default for SamplingParams {
+    /// Greedy decoding with every filter and penalty off: deterministic, the safest default.
     fn default() -> Self {
         SamplingParams {
             temperature: 0.0,
@@ -45,80 +69,302 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
-    /// Rejects parameters outside their meaningful ranges.
+    /// Rejects parameters that would make sampling meaningless, with a message naming the
+    /// field and its valid range, so an API layer can return it to the client verbatim.
     pub fn validate(&self) -> Result<()> {
-        let temperature_ok = self.temperature.is_finite() && self.temperature >= 0.0;
-        if !temperature_ok {
-            return Err(Error::invalid("temperature must be a finite number >= 0"));
+        let bad = |msg: String| Err(Error::invalid(msg));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!(
+                "temperature must be a finite number >= 0 (0 = greedy), got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::invalid("top_p must be in (0, 1]"));
+            return bad(format!(
+                "top_p must be in (0, 1] (1 = off), got {}",
+                self.top_p
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(Error::invalid("min_p must be in [0, 1]"));
+            return bad(format!(
+                "min_p must be in [0, 1] (0 = off), got {}",
+                self.min_p
+            ));
         }
-        let penalty_ok = self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0;
-        if !penalty_ok {
-            return Err(Error::invalid("repetition_penalty must be > 0"));
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad(format!(
+                "repetition_penalty must be a finite number > 0 (1 = off), got {}",
+                self.repetition_penalty
+            ));
         }
-        if !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {
-            return Err(Error::invalid("penalties must be finite"));
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(format!("{name} must be in [-2, 2] (0 = off), got {v}"));
+            }
         }
-        if self.top_logprobs > 20 {
-            return Err(Error::invalid("top_logprobs must be at most 20"));
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            return bad(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}",
+                self.top_logprobs
+            ));
         }
         Ok(())
     }
+
+    /// Whether sampling is a plain argmax. Temperatures below 1e-5 count as greedy (as in
+    /// vLLM): they are numerically indistinguishable from it and would overflow `1/T`.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature < 1e-5
+    }
 }
 
-/// One sampled token with its log-probability and the top alternatives.
+/// One sampled token with the log-probabilities an API reports for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
     /// The chosen token id.
     pub token: u32,
-    /// Log-probability of the chosen token under the unmodified softmax.
+    /// Log-probability of `token` under the raw (unpenalised, untempered) logits.
     pub logprob: f32,
-    /// The `top_logprobs` most likely tokens with their log-probabilities.
+    /// The `top_logprobs` most likely tokens under the raw logits, most likely first.
     pub top: Vec<(u32, f32)>,
 }
 
-/// Per-request sampling state (penalty history, RNG).
-#[derive(Debug, Clone)]
+/// Per-request sampling state: the parameters, the random stream and the token history the
+/// penalties need. Create one per sequence; it is cheap.
+#[derive(Debug)]
 pub struct Sampler {
     params: SamplingParams,
+    rng: ChaCha8Rng,
+    /// Distinct tokens of prompt and output (repetition penalty); empty when that is off.
+    seen: HashSet<u32>,
+    /// Output token counts (presence/frequency penalties); empty when those are off.
+    generated: HashMap<u32, u32>,
+    /// Reused candidate buffer, so a token costs no allocation.
+    cand: Vec<(u32, f32)>,
+    /// Original values of logits the penalties changed, restored after sampling.
+    saved: Vec<(u32, f32)>,
 }
 
 impl Sampler {
-    /// Builds a sampler for one request after validating its parameters.
-    pub fn new(params: SamplingParams, _prompt_tokens: &[u32]) -> Result<Sampler> {
+    /// Validates `params` and starts a sampler whose history is `prompt_tokens` (they count for
+    /// the repetition penalty, not for presence/frequency, which are about generated text).
+    pub fn new(params: SamplingParams, prompt_tokens: &[u32]) -> Result<Self> {
         params.validate()?;
-        Ok(Sampler { params })
+        let rng = ChaCha8Rng::seed_from_u64(params.seed.unwrap_or_else(rand::random));
+        let mut seen = HashSet::new();
+        if params.repetition_penalty != 1.0 {
+            seen.extend(prompt_tokens.iter().copied());
+        }
+        Ok(Sampler {
+            params,
+            rng,
+            seen,
+            generated: HashMap::new(),
+            cand: Vec::new(),
+            saved: Vec::new(),
+        })
     }
 
-    /// Records a generated token (for penalties).
-    pub fn accept(&mut self, _token: u32) {}
+    /// The parameters this sampler was built with.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
 
-    /// Picks the next token from `logits` (may be modified in place).
-    pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
-        let mut best = 0usize;
-        for (i, &l) in logits.iter().enumerate() {
-            if l > logits[best] {
-                best = i;
-            }
+    /// Record a token appended to the sequence (prompt tokens are given at new()).
+    pub fn accept(&mut self, token: u32) {
+        if self.params.repetition_penalty != 1.0 {
+            self.seen.insert(token);
         }
-        let max = logits.get(best).copied().unwrap_or(0.0);
-        let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        let top = order
-            .iter()
-            .take(self.params.top_logprobs)
-            .map(|&i| (i as u32, logits[i] - lse))
-            .collect();
+        if self.params.presence_penalty != 0.0 || self.params.frequency_penalty != 0.0 {
+            *self.generated.entry(token).or_insert(0) += 1;
+        }
+    }
+
+    /// Sample the next token from raw logits (may modify the slice in place as scratch).
+    ///
+    /// The slice is returned to its original values before this function returns. Greedy
+    /// sampling consumes no randomness; otherwise exactly one draw is taken per call, so a
+    /// seeded stream replays identically.
+    pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
+        let lse = log_sum_exp(logits);
+        let top = top_n(logits, self.params.top_logprobs, lse);
+
+        let mut saved = std::mem::take(&mut self.saved);
+        saved.clear();
+        apply_penalties(
+            &self.params,
+            &self.seen,
+            &self.generated,
+            logits,
+            Some(&mut saved),
+        );
+        // Exactly one draw per non-greedy call, whichever path runs, so seeded streams replay.
+        let u = if self.params.is_greedy() {
+            0.0
+        } else {
+            self.rng.random::<f64>()
+        };
+        let token = if self.params.is_greedy() {
+            argmax(logits)
+        } else if let Some(token) = untruncated(&self.params)
+            .then(|| draw_untruncated(logits, self.params.temperature, u))
+            .flatten()
+        {
+            token
+        } else {
+            let mut cand = std::mem::take(&mut self.cand);
+            let total = candidates(logits, &self.params, &mut cand);
+            let token = draw(&cand, total, u);
+            self.cand = cand;
+            token
+        };
+        for &(id, v) in saved.iter().rev() {
+            logits[id as usize] = v;
+        }
+        self.saved = saved;
+
+        let logprob = logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| logprob_of(l, lse));
         Sampled {
-            token: best as u32,
-            logprob: max - lse,
+            token,
+            logprob,
             top,
         }
     }
+
+    /// Probability distribution after penalties/temperature/top-k/top-p/min-p, as sparse (id, prob) sorted by prob desc: needed later for exact speculative decoding (rejection sampling).
+    ///
+    /// It is exactly the distribution [`Sampler::sample`] draws from for the same logits and
+    /// history (a single `(argmax, 1.0)` when greedy). Allocates; not meant for every token.
+    pub fn distribution(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+        let mut work = logits.to_vec();
+        apply_penalties(&self.params, &self.seen, &self.generated, &mut work, None);
+        if work.is_empty() {
+            return Vec::new();
+        }
+        if self.params.is_greedy() {
+            return vec![(argmax(&work), 1.0)];
+        }
+        let mut cand = Vec::new();
+        let total = candidates(&work, &self.params, &mut cand);
+        let mut out: Vec<(u32, f32)> = cand
+            .into_iter()
+            .map(|(id, w)| (id, (f64::from(w) / total) as f32))
+            .filter(|&(_, p)| p > 0.0)
+            .collect();
+        out.sort_unstable_by(desc);
+        out
+    }
 }
+
+/// Applies the repetition, presence and frequency penalties in place. When `saved` is given,
+/// each logit's value is pushed before it is changed, so replaying `saved` in reverse restores
+/// the row exactly.
+fn apply_penalties(
+    p: &SamplingParams,
+    seen: &HashSet<u32>,
+    generated: &HashMap<u32, u32>,
+    logits: &mut [f32],
+    mut saved: Option<&mut Vec<(u32, f32)>>,
+) {
+    let rep = p.repetition_penalty;
+    for &id in seen {
+        if let Some(l) = logits.get_mut(id as usize) {
+            if let Some(s) = saved.as_deref_mut() {
+                s.push((id, *l));
+            }
+            *l = if *l > 0.0 { *l / rep } else { *l * rep };
+        }
+    }
+    for (&id, &count) in generated {
+        if let Some(l) = logits.get_mut(id as usize) {
+            if let Some(s) = saved.as_deref_mut() {
+                s.push((id, *l));
+            }
+            *l -= p.presence_penalty + p.frequency_penalty * count as f32;
+        }
+    }
+}
+
+/// Picks the candidate where the cumulative weight first exceeds `u * total` (`u` in [0, 1)).
+fn draw(cand: &[(u32, f32)], total: f64, u: f64) -> u32 {
+    let target = u * total;
+    let mut cum = 0f64;
+    for &(id, w) in cand {
+        cum += f64::from(w);
+        if cum > target {
+            return id;
+        }
+    }
+    // Rounding can leave `target` a hair above the final sum: take the last token with mass.
+    cand.iter()
+        .rev()
+        .find(|c| c.1 > 0.0)
+        .or(cand.last())
+        .map_or(0, |c| c.0)
+}
+
+/// `log(sum(exp(logits)))`, stable, NaN ignored; the max itself when it is not finite.
+fn log_sum_exp(logits: &[f32]) -> f32 {
+    let m = max_value(logits);
+    if !m.is_finite() {
+        return m;
+    }
+    m + sum_exp(logits, m, 1.0).ln() as f32
+}
+
+/// `l - lse`, defined as 0 when both are the same infinity (a degenerate all-masked row).
+fn logprob_of(l: f32, lse: f32) -> f32 {
+    if l == lse {
+        0.0
+    } else {
+        l - lse
+    }
+}
+
+/// The `n` largest logits as log-probabilities, given their log-sum-exp. Keeps a small
+/// sorted array instead of sorting the vocabulary: almost every logit fails the first compare.
+fn top_n(logits: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
+    let mut out: Vec<(u32, f32)> = Vec::with_capacity(n.min(logits.len()));
+    if n == 0 {
+        return out;
+    }
+    // Until `out` is full every non-NaN value is taken; after that only values above the
+    // current n-th, kept in a local. Whole blocks are skipped on their (vectorised) maximum.
+    const BLOCK: usize = 64;
+    let mut floor = f32::NEG_INFINITY;
+    for (b, block) in logits.chunks(BLOCK).enumerate() {
+        if out.len() == n && max_value(block) <= floor {
+            continue;
+        }
+        for (j, &v) in block.iter().enumerate() {
+            if v.is_nan() || (out.len() == n && v <= floor) {
+                continue;
+            }
+            let pos = out.partition_point(|&(_, w)| w >= v);
+            if out.len() == n {
+                out.pop();
+            }
+            out.insert(pos, ((b * BLOCK + j) as u32, v));
+            if out.len() == n {
+                floor = out[n - 1].1;
+            }
+        }
+    }
+    for e in &mut out {
+        e.1 = logprob_of(e.1, lse);
+    }
+    out
+}
+
+/// log-softmax top-n of raw logits (used by tests and the CLI --json).
+pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    top_n(logits, n, log_sum_exp(logits))
+}
+
+#[cfg(test)]
+mod tests;

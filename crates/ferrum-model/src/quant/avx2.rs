@@ -9,6 +9,9 @@
 //! Safety: every function here requires AVX2, FMA and F16C; callers check with
 //! `is_x86_feature_detected!` first (see `Kernels`). Pointers must cover whole rows.
 
+// Register tiles index several arrays by (r, c); iterator chains would obscure that.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use crate::GgmlType;

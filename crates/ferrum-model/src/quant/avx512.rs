@@ -9,6 +9,9 @@
 //! Safety: every function requires the features named in its module's `FEATURES`; callers
 //! check them first (see `Kernels`).
 
+// Register tiles index several arrays by (r, c); iterator chains would obscure that.
+#![allow(clippy::needless_range_loop)]
+
 macro_rules! avx512_level {
     ($modname:ident, $feat:literal, |$x:ident, $y:ident| $dot:expr) => {
         /// One build of the AVX-512 kernels.

@@ -99,7 +99,7 @@ pub fn is_weight_type(ty: GgmlType) -> bool {
 /// validates shapes from files).
 fn row_bytes(ty: GgmlType, n: usize) -> usize {
     assert!(
-        n % ty.block_size() == 0,
+        n.is_multiple_of(ty.block_size()),
         "programming error: row of {n} is not whole {ty:?} blocks"
     );
     n / ty.block_size() * ty.type_size()
