@@ -116,10 +116,11 @@ fn sharegpt_workload(a: &OfflineArgs, l: &Loaded) -> Result<Vec<BenchRequest>> {
         )?,
     };
     let parsed = sharegpt::load(&path).with_context(|| format!("reading {}", path.display()))?;
-    tracing::info!(
-        conversations = parsed.conversations.len(),
-        truncated = parsed.truncated,
-        "parsed ShareGPT"
+    eprintln!(
+        "ShareGPT: {} complete conversations{} ({} skipped)",
+        parsed.conversations.len(),
+        if parsed.truncated { ", file cut off after the last" } else { "" },
+        parsed.skipped
     );
     let limits = sharegpt::Limits {
         max_prompt_tokens: a.max_prompt_len,
