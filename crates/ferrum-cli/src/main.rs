@@ -1,6 +1,7 @@
 //! The `ferrum` command line: one binary for generating, chatting, tokenizing, measuring
 //! perplexity, managing models, serving and benchmarking.
 
+mod bench;
 mod generate;
 mod load;
 mod model_cmd;
@@ -29,6 +30,9 @@ enum Command {
     /// Fetch, list or inspect model files.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
+    /// Benchmarks (offline engine throughput).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() {
@@ -46,6 +50,7 @@ fn main() {
         Command::Tokenize(a) => generate::run_tokenize(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Model(c) => model_cmd::run(c),
+        Command::Bench(c) => bench::run(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -6,6 +6,7 @@
 //!   admission and preemption; the policy decides order.
 //! - [`engine`]: the synchronous core ([`Engine`]); [`handle`]: the loop thread
 //!   ([`EngineHandle`]) servers use.
+//! - [`llama_runner`]: the real model behind [`ModelRunner`] and KV-pool sizing.
 //! - [`testing`]: a fake model whose outputs depend on the KV read back through block tables.
 //!
 //! The engine does no network IO and knows nothing of HTTP or JSON; the model runtime knows
@@ -36,6 +37,7 @@ pub mod block_pool;
 pub mod engine;
 pub mod error;
 pub mod handle;
+pub mod llama_runner;
 pub mod policy;
 pub mod radix;
 pub mod request;
@@ -46,5 +48,6 @@ pub mod testing;
 pub use engine::{Engine, EngineConfig, EngineStats, ModelRunner, StepStats, TokenText};
 pub use error::EngineError;
 pub use handle::EngineHandle;
+pub use llama_runner::{kv_capacity, parse_bytes, KvBudget, KvCapacity};
 pub use policy::{Fcfs, RequestInfo, SchedulingPolicy};
 pub use request::{Event, FinishReason, Request, RequestId, SubmitError, TokenLogprob, Usage};
