@@ -6,6 +6,7 @@ mod generate;
 mod load;
 mod model_cmd;
 mod perplexity;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the model over an OpenAI-compatible HTTP API (default 127.0.0.1:8080).
+    Serve(serve::ServeArgs),
     /// Generate a continuation of a prompt, streaming it to stdout.
     Generate(generate::GenerateArgs),
     /// Interactive multi-turn chat that keeps the conversation's KV between turns.
@@ -45,6 +48,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(a) => serve::run(a),
         Command::Generate(a) => generate::run_generate(a),
         Command::Chat(a) => generate::run_chat(a),
         Command::Tokenize(a) => generate::run_tokenize(a),

@@ -361,6 +361,11 @@ impl<R: ModelRunner> Engine<R> {
             let row = self
                 .batch
                 .push_seq(&s.tokens[c.start..c.start + c.len], c.start, &s.blocks);
+            // Generated tokens use the runtime's decode arithmetic and prompt tokens its
+            // prompt arithmetic, however the scheduler chunked them (batch invariance).
+            if let Some(last) = self.batch.seqs.last_mut() {
+                last.decode = c.start >= s.prompt_len;
+            }
             if c.needs_logits {
                 self.batch.logits_rows.push(row);
             }
