@@ -119,7 +119,11 @@ fn sharegpt_workload(a: &OfflineArgs, l: &Loaded) -> Result<Vec<BenchRequest>> {
     eprintln!(
         "ShareGPT: {} complete conversations{} ({} skipped)",
         parsed.conversations.len(),
-        if parsed.truncated { ", file cut off after the last" } else { "" },
+        if parsed.truncated {
+            ", file cut off after the last"
+        } else {
+            ""
+        },
         parsed.skipped
     );
     let limits = sharegpt::Limits {
