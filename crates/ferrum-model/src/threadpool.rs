@@ -49,6 +49,11 @@ impl std::fmt::Debug for ThreadPool {
 /// one forward step, short enough that an idle pool goes quiet.
 const SPIN: Duration = Duration::from_millis(2);
 
+/// Busy-wait iterations before a waiting thread starts yielding its core: enough to catch a
+/// section that ends within a few microseconds, few enough that an oversubscribed machine
+/// (other processes on the cores) does not starve the thread being waited for.
+const SPIN_BEFORE_YIELD: u32 = 2000;
+
 impl ThreadPool {
     /// A pool of `n_threads` threads in all, the calling thread included (so `n_threads - 1`
     /// workers are spawned). `0` means one per available core.
@@ -117,8 +122,15 @@ impl ThreadPool {
         }
         let caller =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, self.n_threads)));
+        let mut spins = 0u32;
         while self.shared.pending.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+            spins += 1;
+            if spins < SPIN_BEFORE_YIELD {
+                std::hint::spin_loop();
+            } else {
+                // Another process may hold the core a worker needs: give it up.
+                std::thread::yield_now();
+            }
         }
         self.shared
             .job
@@ -148,7 +160,10 @@ fn worker_loop(shared: Arc<Shared>, tid: usize, n: usize) {
                 return;
             }
             spins += 1;
-            if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
+            if spins >= SPIN_BEFORE_YIELD {
+                std::thread::yield_now();
+            }
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let guard = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 if shared.generation.load(Ordering::Acquire) == seen
                     && !shared.shutdown.load(Ordering::Relaxed)
