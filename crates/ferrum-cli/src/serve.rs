@@ -80,18 +80,25 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(ferrum_server::run(config, move || load(&a, &path, budget, threads)))
-        .context("serving")?;
+    rt.block_on(ferrum_server::run(config, move || {
+        load(&a, &path, budget, threads)
+    }))
+    .context("serving")?;
     Ok(())
 }
 
-fn load(a: &ServeArgs, path: &std::path::Path, budget: KvBudget, threads: usize) -> Result<(Model, BannerInfo), String> {
+fn load(
+    a: &ServeArgs,
+    path: &std::path::Path,
+    budget: KvBudget,
+    threads: usize,
+) -> Result<(Model, BannerInfo), String> {
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let file = Arc::new(GgufFile::open(path).map_err(|e| err(&e))?);
     let codec = Arc::new(ModelCodec::from_gguf(&file).map_err(|e| err(&e))?);
     let model = Arc::new(LlamaModel::load(file).map_err(|e| err(&e))?);
-    let (mut cfg, cap) =
-        EngineConfig::for_model(&model.config, budget, codec.tokenizer.stop_ids()).map_err(|e| e.to_string())?;
+    let (mut cfg, cap) = EngineConfig::for_model(&model.config, budget, codec.tokenizer.stop_ids())
+        .map_err(|e| e.to_string())?;
     cfg.max_batched_tokens = a.max_batched_tokens;
     cfg.max_running = a.max_running;
     cfg.max_waiting = a.max_waiting;
@@ -99,11 +106,13 @@ fn load(a: &ServeArgs, path: &std::path::Path, budget: KvBudget, threads: usize)
     if let Some(m) = a.max_model_len {
         cfg.max_model_len = m.min(model.config.context_length);
     }
-    let runner = LlamaRunner::new(Arc::clone(&model), cap.num_blocks, cap.block_size, threads).map_err(|e| e.to_string())?;
+    let runner = LlamaRunner::new(Arc::clone(&model), cap.num_blocks, cap.block_size, threads)
+        .map_err(|e| e.to_string())?;
     let n_threads = runner.n_threads();
     let kernels = runner.kernels().name();
     let name = a.served_model_name.clone().unwrap_or_else(|| {
-        path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
+        path.file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
     });
     let engine = Engine::new(runner, codec.clone(), cfg.clone()).map_err(|e| e.to_string())?;
     tracing::info!(%cap, kernels, "engine ready");
@@ -130,6 +139,8 @@ fn load(a: &ServeArgs, path: &std::path::Path, budget: KvBudget, threads: usize)
 
 impl ServeArgs {
     fn model_addr(&self) -> SocketAddr {
-        format!("{}:{}", self.host, self.port).parse().unwrap_or_else(|_| ServerConfig::default().addr)
+        format!("{}:{}", self.host, self.port)
+            .parse()
+            .unwrap_or_else(|_| ServerConfig::default().addr)
     }
 }
