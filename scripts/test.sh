@@ -5,3 +5,5 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# The HTTP API against the official OpenAI Python client, on the real model.
+./scripts/openai_client_test.sh
