@@ -54,6 +54,13 @@ pub struct EngineConfig {
     pub eos_token_ids: Vec<u32>,
     /// Give each tenant its own prefix-cache partition (default: one shared cache).
     pub cache_salt_by_tenant: bool,
+    /// With the prefix cache on, hold back admitting a request for a step while a running
+    /// request computes the same prefix, so the prefix is computed once, not by each of a
+    /// burst of requests sharing it (default on).
+    pub defer_shared_prefix: bool,
+    /// Most steps one request may be held back by `defer_shared_prefix`, so a request never
+    /// starves behind a slow producer.
+    pub max_defer_steps: u32,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +75,8 @@ impl Default for EngineConfig {
             max_model_len: 8192,
             eos_token_ids: Vec::new(),
             cache_salt_by_tenant: false,
+            defer_shared_prefix: true,
+            max_defer_steps: 8,
         }
     }
 }
@@ -135,6 +144,8 @@ pub struct EngineStats {
     pub cache_hit_tokens: u64,
     /// Preemptions.
     pub preemptions: u64,
+    /// Admissions held back because a running request was computing the same prefix.
+    pub deferrals: u64,
     /// Steps that ran a forward pass.
     pub steps: u64,
 }
@@ -233,6 +244,8 @@ impl<R: ModelRunner> Engine<R> {
                 max_batched_tokens: cfg.max_batched_tokens,
                 max_running: cfg.max_running,
                 enable_prefix_cache: cfg.enable_prefix_cache,
+                defer_shared_prefix: cfg.defer_shared_prefix,
+                max_defer_steps: cfg.max_defer_steps,
             },
             policy,
         );
@@ -440,6 +453,7 @@ impl<R: ModelRunner> Engine<R> {
             decode_tokens: c.decode_tokens,
             cache_hit_tokens: c.cache_hit_tokens,
             preemptions: c.preemptions,
+            deferrals: c.deferrals,
             steps: self.steps,
         }
     }

@@ -26,6 +26,17 @@ use std::collections::{BTreeSet, HashMap};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(u32);
 
+/// What [`RadixCache::insert_path`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inserted {
+    /// Blocks the tree adopted (new nodes); the caller takes one pool reference on each.
+    /// A block whose prefix was already cached is not adopted: the caller keeps sole
+    /// ownership of it (its KV duplicates the cached block's).
+    pub adopted: Vec<u32>,
+    /// Node of the last full block of the inserted tokens (the root if there was none).
+    pub node: NodeId,
+}
+
 /// Lifetime counters of the prefix cache, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheCounters {
@@ -240,6 +251,13 @@ impl RadixCache {
     /// `i*block_size..`). Blocks whose prefix is already cached are left to the caller;
     /// returns the blocks the tree adopted, on which the caller must take a reference.
     pub fn insert(&mut self, salt: u64, tokens: &[u32], blocks: &[u32]) -> Vec<u32> {
+        self.insert_path(salt, tokens, blocks).adopted
+    }
+
+    /// Like [`insert`](Self::insert), and also returns the node of the deepest inserted (or
+    /// already cached) block, so a running request can move its lock down the path it
+    /// keeps extending.
+    pub fn insert_path(&mut self, salt: u64, tokens: &[u32], blocks: &[u32]) -> Inserted {
         let root = self.root(salt);
         let mut node = root;
         let mut adopted = Vec::new();
@@ -269,7 +287,7 @@ impl RadixCache {
             self.evictable_leaves.insert((0, node));
         }
         self.touch(node);
-        adopted
+        Inserted { adopted, node }
     }
 
     /// Evicts up to `n` unlocked blocks, least recently used leaves first; returns their ids

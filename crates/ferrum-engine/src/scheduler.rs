@@ -11,6 +11,17 @@
 //!    cache (hit blocks are locked and shared, only the rest is computed; the last token is
 //!    always computed so its logits exist) and gets a first chunk.
 //!
+//! Prefix sharing between running requests: after every step a request's newly computed
+//! *full* blocks are inserted into the radix cache at once (not only when it finishes), and
+//! the request moves its cache lock down to the end of its path, so those blocks stay
+//! pinned while it runs and later admissions can share them. If the tree already held a
+//! block for the same prefix (two requests computed it in the same step), the request keeps
+//! its own duplicate block until it is released. With `defer_shared_prefix`, a waiting
+//! request whose next uncached block is being computed right now by a running request
+//! (same salt, same tokens) is passed over for a step, at most `max_defer_steps` times, so
+//! it hits the cache instead of recomputing the shared prefix; otherwise admission follows
+//! the policy's order.
+//!
 //! When blocks run out, unlocked cached blocks are evicted first; then the policy picks a
 //! running request (not yet scheduled this step) to preempt: its computed full blocks go
 //! into the prefix cache, the rest are freed, and it waits to be recomputed. No new request
@@ -38,6 +49,11 @@ pub struct SchedulerConfig {
     pub max_running: usize,
     /// Share computed blocks between requests through the radix cache.
     pub enable_prefix_cache: bool,
+    /// Hold back a waiting request whose prefix a running request is computing now (only
+    /// with the prefix cache on).
+    pub defer_shared_prefix: bool,
+    /// Most steps one request may be held back by `defer_shared_prefix` (no starvation).
+    pub max_defer_steps: u32,
 }
 
 /// Who a request belongs to, for policies and cache partitioning.
@@ -70,8 +86,12 @@ pub struct SeqState {
     pub computed: usize,
     /// Block table (this request holds one pool reference on each).
     pub blocks: Vec<u32>,
-    /// Locked prefix-cache node while running with a cache hit.
+    /// Locked prefix-cache node (end of this request's cached path) while running.
     node: Option<NodeId>,
+    /// Leading blocks of this request whose prefix is on its locked cache path.
+    on_path: usize,
+    /// Steps this request was held back for a prefix being computed by another request.
+    pub deferred: u32,
     /// Cache hit at first admission (reported as usage).
     pub first_hit: Option<usize>,
     /// Cache hit at the latest admission.
@@ -113,6 +133,8 @@ pub struct SchedCounters {
     pub cache_hit_tokens: u64,
     /// Preemptions.
     pub preemptions: u64,
+    /// Admissions passed over because a running request was computing the same prefix.
+    pub deferrals: u64,
 }
 
 /// Owns the block pool, the prefix cache and every request's scheduling state.
@@ -171,6 +193,26 @@ fn release(pool: &mut BlockPool, cache: &mut RadixCache, use_cache: bool, s: &mu
     pool.release(&s.blocks);
     s.blocks.clear();
     s.computed = 0;
+    s.on_path = 0;
+}
+
+/// Inserts a running request's computed full blocks that are not yet on its cache path and
+/// moves its lock to the new end of the path (lock first, so nothing becomes evictable).
+fn publish(pool: &mut BlockPool, cache: &mut RadixCache, s: &mut SeqState) {
+    let bs = cache.block_size();
+    let full = s.computed / bs;
+    if full <= s.on_path {
+        return;
+    }
+    let ins = cache.insert_path(s.meta.salt, &s.tokens[..full * bs], &s.blocks[..full]);
+    for &b in &ins.adopted {
+        pool.incref(b);
+    }
+    cache.lock(ins.node);
+    if let Some(old) = s.node.replace(ins.node) {
+        cache.unlock(old);
+    }
+    s.on_path = full;
 }
 
 impl Scheduler {
@@ -204,6 +246,8 @@ impl Scheduler {
                 computed: 0,
                 blocks: Vec::new(),
                 node: None,
+                on_path: 0,
+                deferred: 0,
                 first_hit: None,
                 hit: 0,
                 preemptions: 0,
@@ -284,10 +328,20 @@ impl Scheduler {
     /// Admits waiting requests in policy order while budget, slots and blocks last.
     fn admit(&mut self, budget: &mut usize, out: &mut Schedule) {
         let bs = self.cfg.block_size;
-        while *budget > 0 && self.running.len() < self.cfg.max_running && !self.waiting.is_empty() {
-            let wants = self.policy.wants_cache_hits() && self.cfg.enable_prefix_cache;
-            let infos: Vec<RequestInfo<'_>> = self
+        // Requests passed over this step (their prefix is being computed by another).
+        let mut held: Vec<RequestId> = Vec::new();
+        while *budget > 0 && self.running.len() < self.cfg.max_running {
+            let cands: Vec<RequestId> = self
                 .waiting
+                .iter()
+                .copied()
+                .filter(|id| !held.contains(id))
+                .collect();
+            if cands.is_empty() {
+                break;
+            }
+            let wants = self.policy.wants_cache_hits() && self.cfg.enable_prefix_cache;
+            let infos: Vec<RequestInfo<'_>> = cands
                 .iter()
                 .map(|id| {
                     let s = &self.seqs[id];
@@ -303,10 +357,16 @@ impl Scheduler {
             let Some(k) = self.policy.pick_admit(&infos) else {
                 break;
             };
-            if k >= self.waiting.len() {
+            let Some(&id) = cands.get(k) else {
                 break;
+            };
+            if self.prefix_in_flight(id) {
+                let s = self.seqs.get_mut(&id).expect("waiting request has state");
+                s.deferred += 1;
+                self.counters.deferrals += 1;
+                held.push(id);
+                continue;
             }
-            let id = self.waiting[k];
             let s = self.seqs.get_mut(&id).expect("waiting request has state");
             let (hit_blocks, node) = if self.cfg.enable_prefix_cache {
                 let look = &s.tokens[..s.tokens.len() - 1];
@@ -316,7 +376,8 @@ impl Scheduler {
             } else {
                 (Vec::new(), None)
             };
-            let hit = hit_blocks.len() * bs;
+            let hit_blocks_len = hit_blocks.len();
+            let hit = hit_blocks_len * bs;
             let n = (s.tokens.len() - hit).min(*budget);
             let need = (hit + n).div_ceil(bs) - hit_blocks.len();
             let Some(fresh) = alloc(&mut self.pool, &mut self.cache, need) else {
@@ -332,6 +393,7 @@ impl Scheduler {
             s.blocks.extend(fresh);
             s.computed = hit;
             s.node = node;
+            s.on_path = hit_blocks_len;
             s.hit = hit;
             s.first_hit.get_or_insert(hit);
             self.counters.cache_hit_tokens += hit as u64;
@@ -341,10 +403,32 @@ impl Scheduler {
                 len: n,
                 needs_logits: hit + n == s.tokens.len(),
             });
-            self.waiting.remove(k);
+            self.waiting.retain(|w| *w != id);
             self.running.push(id);
             *budget -= n;
         }
+    }
+
+    /// Whether waiting request `id` should wait: its next block past what the cache holds
+    /// is also a block of a running request of the same salt, which will compute (and
+    /// publish) it, and `id` has not been held back too often yet.
+    fn prefix_in_flight(&self, id: RequestId) -> bool {
+        if !self.cfg.enable_prefix_cache || !self.cfg.defer_shared_prefix {
+            return false;
+        }
+        let s = &self.seqs[&id];
+        if s.deferred >= self.cfg.max_defer_steps {
+            return false;
+        }
+        let look = &s.tokens[..s.tokens.len() - 1];
+        let want = self.cache.peek_prefix(s.meta.salt, look) + self.cfg.block_size;
+        if want > look.len() {
+            return false;
+        }
+        self.running.iter().any(|r| {
+            let o = &self.seqs[r];
+            o.meta.salt == s.meta.salt && o.tokens.get(..want) == Some(&look[..want])
+        })
     }
 
     fn preempt(&mut self, id: RequestId) {
@@ -373,6 +457,9 @@ impl Scheduler {
             self.counters.prefill_tokens += prefill as u64;
             self.counters.decode_tokens += (c.len - prefill) as u64;
             s.computed += c.len;
+            if self.cfg.enable_prefix_cache {
+                publish(&mut self.pool, &mut self.cache, s);
+            }
         }
     }
 
@@ -461,7 +548,101 @@ impl Scheduler {
             if s.blocks.len() < s.computed.div_ceil(self.cfg.block_size) {
                 return Err(format!("request {id} has too few blocks for its KV"));
             }
+            if s.on_path * self.cfg.block_size > s.computed {
+                return Err(format!("request {id} published blocks it has not computed"));
+            }
+            if self.cfg.enable_prefix_cache && s.computed / self.cfg.block_size != s.on_path {
+                return Err(format!(
+                    "request {id} has computed full blocks not in the cache"
+                ));
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Fcfs;
+
+    fn sched(max_defer_steps: u32) -> Scheduler {
+        let cfg = SchedulerConfig {
+            block_size: 4,
+            num_blocks: 64,
+            max_batched_tokens: 64,
+            max_running: 8,
+            enable_prefix_cache: true,
+            defer_shared_prefix: true,
+            max_defer_steps,
+        };
+        Scheduler::new(cfg, Box::new(Fcfs))
+    }
+
+    fn ids(s: &Schedule) -> Vec<RequestId> {
+        s.chunks.iter().map(|c| c.id).collect()
+    }
+
+    #[test]
+    fn follower_waits_for_in_flight_prefix_at_most_max_defer_steps() {
+        let mut s = sched(3);
+        let shared: Vec<u32> = (0..16).collect();
+        let (a, b, c) = (RequestId(0), RequestId(1), RequestId(2));
+        s.add(
+            a,
+            [shared.clone(), vec![90, 91]].concat(),
+            SeqMeta::default(),
+        );
+        s.add(
+            b,
+            [shared.clone(), vec![92, 93]].concat(),
+            SeqMeta::default(),
+        );
+        s.add(c, vec![50, 51, 52, 53, 54, 55], SeqMeta::default());
+        // B shares A's uncomputed prefix and is held back; C (unrelated) is admitted past it.
+        let plan = s.schedule();
+        assert_eq!(ids(&plan), vec![a, c]);
+        // The producer never commits (as if its forward pass kept being retried): B is
+        // passed over three steps in all, then admitted without the cache.
+        for _ in 0..2 {
+            assert_eq!(ids(&s.schedule()), vec![a, c]);
+        }
+        let plan = s.schedule();
+        assert_eq!(ids(&plan), vec![a, c, b]);
+        assert_eq!(s.seq(b).map(|x| (x.deferred, x.hit)), Some((3, 0)));
+        assert_eq!(s.counters().deferrals, 3);
+        s.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn follower_admitted_after_commit_hits_the_published_prefix() {
+        let mut s = sched(8);
+        let shared: Vec<u32> = (0..16).collect();
+        let (a, b) = (RequestId(0), RequestId(1));
+        s.add(
+            a,
+            [shared.clone(), vec![90, 91]].concat(),
+            SeqMeta::default(),
+        );
+        s.add(
+            b,
+            [shared.clone(), vec![92, 93]].concat(),
+            SeqMeta::default(),
+        );
+        let plan = s.schedule();
+        assert_eq!(ids(&plan), vec![a]);
+        s.commit(&plan.chunks);
+        s.check_invariants().unwrap();
+        // A's four full blocks are cached and pinned while A runs.
+        assert_eq!(s.cache().cached_blocks(), 4);
+        assert_eq!(s.cache().evictable_blocks(), 0);
+        s.append_token(a, 7);
+        let plan = s.schedule();
+        assert_eq!(ids(&plan), vec![a, b]);
+        assert_eq!(plan.chunks[1].start, 16, "B computes only its own suffix");
+        let (sa, sb) = (&s.seqs[&a], &s.seqs[&b]);
+        assert_eq!(sa.blocks[..4], sb.blocks[..4], "B shares A's prefix blocks");
+        s.commit(&plan.chunks);
+        s.check_invariants().unwrap();
     }
 }

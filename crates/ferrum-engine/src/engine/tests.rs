@@ -492,3 +492,109 @@ fn dropped_receiver_cancels_request() {
     );
     handle.shutdown();
 }
+
+/// `n` requests sharing a `prefix`-token system prompt, each with its own 16-token suffix.
+fn shared_prefix_burst(n: usize, prefix: usize) -> Vec<Request> {
+    let system = prompt(4242, prefix);
+    (0..n)
+        .map(|i| {
+            let mut p = system.clone();
+            p.extend(prompt(100 + i as u64, 16));
+            req(p, 4)
+        })
+        .collect()
+}
+
+fn burst_cfg(cache: bool, defer: bool, max_batched_tokens: usize) -> EngineConfig {
+    EngineConfig {
+        block_size: 16,
+        num_blocks: 512,
+        max_batched_tokens,
+        max_running: 64,
+        enable_prefix_cache: cache,
+        defer_shared_prefix: defer,
+        max_model_len: 1024,
+        ..EngineConfig::default()
+    }
+}
+
+fn tokens_only(out: &[Outcome]) -> Vec<(&Vec<u32>, &String, &FinishReason)> {
+    out.iter()
+        .map(|o| (&o.tokens, &o.text, &o.reason))
+        .collect()
+}
+
+#[test]
+fn burst_sharing_a_256_token_prefix_computes_it_once() {
+    let n = 16;
+    let reqs = shared_prefix_burst(n, 256);
+    let mut off = engine(burst_cfg(false, true, 512));
+    let want = run(&mut off, reqs.clone());
+    let mut on = engine(burst_cfg(true, true, 512));
+    let got = run(&mut on, reqs);
+    assert_eq!(tokens_only(&got), tokens_only(&want));
+    let (s_on, s_off) = (on.stats(), off.stats());
+    assert_eq!(s_off.prefill_tokens, (n * 272) as u64);
+    // The prefix once, then each prompt's own 16 tokens.
+    assert_eq!(s_on.prefill_tokens, (256 + n * 16) as u64);
+    assert_eq!(s_on.cache_hit_tokens, ((n - 1) * 256) as u64);
+    assert!(s_on.prefill_tokens * 5 <= s_off.prefill_tokens);
+    assert!(got[1..].iter().all(|o| o.usage.cached_tokens == 256));
+    assert_eq!(s_on.blocks_free, s_on.blocks_total - s_on.cached_blocks);
+}
+
+#[test]
+fn without_deferral_a_burst_admitted_together_recomputes_the_prefix() {
+    // A budget big enough to admit the whole burst in one step: only holding back the
+    // followers lets them share the leader's blocks.
+    let n = 8;
+    let reqs = shared_prefix_burst(n, 256);
+    let mut eager = engine(burst_cfg(true, false, 4096));
+    let a = run(&mut eager, reqs.clone());
+    let mut deferring = engine(burst_cfg(true, true, 4096));
+    let b = run(&mut deferring, reqs);
+    assert_eq!(tokens_only(&a), tokens_only(&b));
+    assert_eq!(eager.stats().prefill_tokens, (n * 272) as u64);
+    assert_eq!(deferring.stats().prefill_tokens, (256 + n * 16) as u64);
+    assert_eq!(deferring.stats().deferrals, (n - 1) as u64);
+    // Duplicate prefix blocks computed in the same step are cached once; the duplicates
+    // were freed with their requests.
+    let s = eager.stats();
+    assert_eq!(s.cached_blocks, 16 + n);
+    assert_eq!(s.blocks_free, s.blocks_total - s.cached_blocks);
+}
+
+#[test]
+fn running_requests_publish_full_blocks_and_keep_them_pinned() {
+    let mut e = engine(burst_cfg(true, true, 64));
+    let id = e.submit(req(prompt(7, 200), 3)).unwrap();
+    e.step();
+    e.step();
+    e.check_invariants().unwrap();
+    // 128 prompt tokens computed: 8 full blocks cached while the request still runs, all
+    // locked by it, so none can be evicted.
+    let cache = e.sched.cache();
+    assert_eq!(cache.cached_blocks(), 8);
+    assert_eq!(cache.evictable_blocks(), 0);
+    assert_eq!(e.sched.seq(id).map(|s| s.computed), Some(128));
+    while e.has_work() {
+        e.step();
+        e.check_invariants().unwrap();
+    }
+    let cache = e.sched.cache();
+    assert_eq!(cache.cached_blocks(), (200 + 2) / 16);
+    assert_eq!(cache.evictable_blocks(), cache.cached_blocks());
+}
+
+#[test]
+fn zero_max_defer_steps_admits_like_without_deferral() {
+    let n = 4;
+    let reqs = shared_prefix_burst(n, 256);
+    let mut e = engine(EngineConfig {
+        max_defer_steps: 0,
+        ..burst_cfg(true, true, 4096)
+    });
+    run(&mut e, reqs);
+    let s = e.stats();
+    assert_eq!((s.deferrals, s.prefill_tokens), (0, (n * 272) as u64));
+}

@@ -20,6 +20,27 @@ fn match_is_block_aligned_and_longest() {
 }
 
 #[test]
+fn growing_insert_moves_lock_down_the_path_without_exposing_blocks() {
+    let mut c = RadixCache::new(2);
+    let first = c.insert_path(0, &[1, 2, 3, 4], &[10, 11]);
+    assert_eq!(first.adopted, vec![10, 11]);
+    c.lock(first.node);
+    // The same request computed two more tokens: only the new block is adopted, and the
+    // lock moves to the new end (lock before unlock, so nothing is evictable in between).
+    let second = c.insert_path(0, &[1, 2, 3, 4, 5, 6], &[10, 11, 12]);
+    assert_eq!(second.adopted, vec![12]);
+    c.lock(second.node);
+    c.unlock(first.node);
+    assert_eq!((c.cached_blocks(), c.evictable_blocks()), (3, 0));
+    assert!(c.evict(10).is_empty());
+    // Another request that duplicated the first block adopts nothing for it.
+    assert_eq!(c.insert_path(0, &[1, 2, 9, 9], &[20, 21]).adopted, vec![21]);
+    c.unlock(second.node);
+    assert_eq!(c.evictable_blocks(), 4);
+    c.check_invariants().unwrap();
+}
+
+#[test]
 fn salts_partition_the_cache() {
     let mut c = RadixCache::new(2);
     c.insert(1, &[1, 2], &[5]);
