@@ -1,8 +1,9 @@
 //! `ferrum perplexity`: the golden file's rule, so our number can be set beside llama.cpp's.
 //!
 //! Tokenize the whole file without BOS; split it into consecutive non-overlapping windows of
-//! `--window` tokens from the start; evaluate each window from an empty cache; score every
-//! token but the first of each window; ppl = exp(mean NLL).
+//! `--window` tokens from the start (the first `--max-windows`, 4 by default as in the golden
+//! reference); evaluate each window from an empty cache; score every token but the first of
+//! each window; ppl = exp(mean NLL).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,8 +24,9 @@ pub struct PerplexityArgs {
     /// Tokens per window.
     #[arg(long, default_value_t = 512)]
     window: usize,
-    /// Evaluate at most this many windows (0 = every full window).
-    #[arg(long, default_value_t = 0)]
+    /// Evaluate at most this many windows from the start (0 = every full window). The
+    /// default, 4, is the golden reference's rule (2,044 scored tokens of gpl-3.txt).
+    #[arg(long, default_value_t = 4)]
     max_windows: usize,
     /// Print one JSON object.
     #[arg(long)]
