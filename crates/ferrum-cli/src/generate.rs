@@ -71,8 +71,12 @@ pub struct GenerateArgs {
     #[command(flatten)]
     sampling: SamplingArgs,
     /// The prompt text.
-    #[arg(long, short = 'p')]
-    prompt: String,
+    #[arg(long, short = 'p', required_unless_present = "prompt_ids")]
+    prompt: Option<String>,
+    /// The prompt as token ids (space- or comma-separated), bypassing the tokenizer; used by
+    /// benchmarks that need an exact prompt length.
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_ids: Option<String>,
     /// Parse control tokens written in the prompt (like llama.cpp's special=True).
     #[arg(long)]
     special: bool,
@@ -124,6 +128,17 @@ pub fn run_tokenize(a: TokenizeArgs) -> Result<()> {
         serde_json::to_string(&tok.encode(&a.text, a.special)?)?
     );
     Ok(())
+}
+
+/// Parses space- or comma-separated token ids, each below `vocab`.
+fn parse_ids(s: &str, vocab: usize) -> Result<Vec<u32>> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| match t.parse::<u32>() {
+            Ok(id) if (id as usize) < vocab => Ok(id),
+            _ => bail!("--prompt-ids: {t:?} is not a token id below {vocab}"),
+        })
+        .collect()
 }
 
 /// What one generation produced.
@@ -185,23 +200,28 @@ fn generate(
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let loaded = a.model.load()?;
     let tok = &loaded.tokenizer;
-    let text = if a.chat {
-        loaded.template.render(
-            &[ChatMessage {
-                role: "user".into(),
-                content: a.prompt.clone(),
-            }],
-            true,
-        )?
-    } else {
-        a.prompt.clone()
-    };
-    let mut prompt = tok.encode(&text, a.special || a.chat)?;
-    if tok.add_bos() && !a.chat {
-        if let Some(b) = tok.bos_id() {
-            prompt.insert(0, b);
+    let prompt = match (&a.prompt_ids, &a.prompt) {
+        (Some(ids), _) => parse_ids(ids, tok.vocab_size())?,
+        (None, Some(p)) => {
+            let text = if a.chat {
+                let msg = ChatMessage {
+                    role: "user".into(),
+                    content: p.clone(),
+                };
+                loaded.template.render(&[msg], true)?
+            } else {
+                p.clone()
+            };
+            let mut prompt = tok.encode(&text, a.special || a.chat)?;
+            if tok.add_bos() && !a.chat {
+                if let Some(b) = tok.bos_id() {
+                    prompt.insert(0, b);
+                }
+            }
+            prompt
         }
-    }
+        (None, None) => bail!("give --prompt or --prompt-ids"),
+    };
     if prompt.is_empty() {
         bail!("the prompt is empty after tokenization");
     }
