@@ -24,6 +24,34 @@ pub(super) unsafe fn ld_f16(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
+/// Reads two adjacent f16 values (a block's `d` and `m` / `s`) with one F16C conversion; each is
+/// exactly the value `ld_f16` gives.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn ld_f16x2(p: *const u8) -> (f32, f32) {
+    let bits = p.cast::<i32>().read_unaligned();
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+/// Weight tiles ahead to prefetch: matrix rows are contiguous and the drivers walk row tiles in
+/// order, so the tile after this one starts at `w + R * ws`.
+const PF_TILES: usize = 2;
+
+/// Prefetches this block step's share (`step` bytes) of the weight tile `PF_TILES` tiles ahead,
+/// so the weight stream arrives from memory before it is needed. Prefetching never faults, and
+/// the address is only formed with wrapping arithmetic, so running past the matrix is harmless.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prefetch_ahead(tile_end: *const u8, b: usize, step: usize) {
+    let q = tile_end.wrapping_add(b * step);
+    let mut o = 0;
+    while o < step {
+        _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(o).cast());
+        o += 64;
+    }
+}
+
 /// Unpacks 16 bytes of nibbles into 32 bytes 0..16: low nibbles first, then high ones.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -63,19 +91,20 @@ pub(super) unsafe fn tile_q4_1<const R: usize, const C: usize>(
 ) {
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     let mut summ = [[0f32; C]; R];
+    let pf = w.wrapping_add(PF_TILES * R * ws);
     for b in 0..nb {
+        prefetch_ahead(pf, b, R * 20);
         let mut wq = [_mm256_setzero_si256(); R];
         let mut wd = [0f32; R];
         let mut wm = [0f32; R];
         for r in 0..R {
             let p = w.add(r * ws + b * 20);
-            wd[r] = ld_f16(p);
-            wm[r] = ld_f16(p.add(2));
+            (wd[r], wm[r]) = ld_f16x2(p);
             wq[r] = nib32(p.add(4));
         }
         for c in 0..C {
             let p = a.add(c * as_ + b * 36);
-            let (ad, asum) = (ld_f16(p), ld_f16(p.add(2)));
+            let (ad, asum) = ld_f16x2(p);
             let aq = _mm256_loadu_si256(p.add(4).cast());
             for r in 0..R {
                 let s = _mm256_cvtepi32_ps(dot_u8i8(wq[r], aq));
@@ -104,7 +133,9 @@ pub(super) unsafe fn tile_q8<const R: usize, const C: usize, const Q4: bool>(
 ) {
     let wbs = if Q4 { 18 } else { 34 };
     let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let pf = w.wrapping_add(PF_TILES * R * ws);
     for b in 0..nb {
+        prefetch_ahead(pf, b, R * wbs);
         let mut wq = [_mm256_setzero_si256(); R];
         let mut wabs = [_mm256_setzero_si256(); R];
         let mut wd = [0f32; R];

@@ -53,6 +53,21 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Rounds half to even like `f32::round_ties_even`, for the |x| <= 2^22 (and NaN / infinite)
+/// values the activation quantizers produce, without a libm `rintf` call (baseline x86-64 has
+/// no SSE4.1 `roundss`). Adding and subtracting 1.5 * 2^23 rounds in the FPU's default
+/// nearest-even mode; Rust never reassociates floats, so the pair is not folded away.
+#[inline(always)]
+pub(crate) fn round_ne(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    if x.abs() < 4_194_304.0 {
+        // The sign must survive for -0.5 < x < 0 (round gives -0.0), though casts ignore it.
+        ((x + MAGIC) - MAGIC).copysign(x)
+    } else {
+        x
+    }
+}
+
 /// Quantizes blocks of 32 to Q8_0 (`with_sum == false`) or Q8_1 (`with_sum == true`).
 pub(crate) fn quantize_q8_0_or_1(x: &[f32], out: &mut [u8], with_sum: bool) {
     let bsz = if with_sum { 36 } else { 34 };
@@ -64,7 +79,7 @@ pub(crate) fn quantize_q8_0_or_1(x: &[f32], out: &mut [u8], with_sum: bool) {
         put_f16(ob, 0, d);
         let mut sum = 0i32;
         for (j, &v) in xb.iter().enumerate() {
-            let q = (v * id).round_ties_even() as i8;
+            let q = round_ne(v * id) as i8;
             sum += q as i32;
             ob[qoff + j] = q as u8;
         }
@@ -91,7 +106,7 @@ pub(crate) fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
         }
         let iscale = -127.0 / max;
         for (j, &v) in xb.iter().enumerate() {
-            let q = ((iscale * v).round_ties_even() as i32).min(127);
+            let q = (round_ne(iscale * v) as i32).min(127);
             ob[4 + j] = q as i8 as u8;
         }
         for g in 0..16 {

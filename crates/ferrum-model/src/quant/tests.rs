@@ -239,6 +239,43 @@ fn q8_quantizers_round_half_to_even_like_ggml_on_x86() {
 }
 
 #[test]
+fn fast_rounding_matches_round_ties_even_bit_for_bit() {
+    let mut xs: Vec<f32> = (-600..=600).map(|i| i as f32 * 0.25).collect();
+    xs.extend([
+        0.0,
+        -0.0,
+        0.49999997,
+        -0.49999997,
+        4194303.5,
+        -4194303.5,
+        4194304.0,
+        1e30,
+    ]);
+    xs.extend([
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MIN_POSITIVE,
+        -1e-40,
+    ]);
+    // Every bit pattern of |x| < 256 at a stride, both signs.
+    let mut bits = 0u32;
+    while f32::from_bits(bits) < 256.0 {
+        xs.push(f32::from_bits(bits));
+        xs.push(-f32::from_bits(bits));
+        bits += 4099;
+    }
+    for x in xs {
+        let (got, want) = (super::blocks::round_ne(x), x.round_ties_even());
+        assert!(
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+            "{x:e}: {got:e} != {want:e}"
+        );
+        assert_eq!(got as i8, want as i8);
+    }
+}
+
+#[test]
 fn activation_quantization_round_trips_within_half_a_step() {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8K, GgmlType::F32] {
