@@ -115,7 +115,7 @@ fn common_params() -> Map<String, Value> {
         "max_tokens": { "type": "integer", "minimum": 1, "maximum": u32::MAX },
         "temperature": { "type": "number", "minimum": 0, "maximum": 2, "default": 1 },
         "top_p": { "type": "number", "exclusiveMinimum": 0, "maximum": 1 },
-        "top_k": { "type": "integer", "minimum": -1, "maximum": u32::MAX, "description": "0 or -1: off." },
+        "top_k": { "type": "integer", "minimum": -1, "maximum": i64::MAX, "description": "0 or -1: off." },
         "min_p": number(0.0, 1.0),
         "seed": { "type": "integer", "minimum": i64::MIN, "maximum": i64::MAX },
         "stop": { "anyOf": [
@@ -124,7 +124,7 @@ fn common_params() -> Map<String, Value> {
         ] },
         "presence_penalty": number(-2.0, 2.0),
         "frequency_penalty": number(-2.0, 2.0),
-        "repetition_penalty": { "type": "number", "exclusiveMinimum": 0, "maximum": 3.0e38 },
+        "repetition_penalty": { "type": "number", "exclusiveMinimum": 0 },
         "n": { "type": "integer", "minimum": 1, "maximum": MAX_N },
         "stream": { "type": "boolean", "default": false },
         "stream_options": { "type": "object", "properties": { "include_usage": { "type": "boolean" } } },
@@ -133,12 +133,13 @@ fn common_params() -> Map<String, Value> {
     }))
 }
 
+/// The server reads `null` as "not given", so every optional field also accepts it.
+fn or_null(props: Map<String, Value>) -> Map<String, Value> {
+    props.into_iter().map(|(k, v)| (k, nullable(v))).collect()
+}
+
 fn request_schemas() -> (Value, Value, Value) {
     let mut chat = common_params();
-    chat.insert(
-        "messages".into(),
-        json!({ "type": "array", "minItems": 1, "items": schema_ref("ChatMessage") }),
-    );
     chat.insert(
         "max_completion_tokens".into(),
         json!({ "type": "integer", "minimum": 1, "maximum": u32::MAX }),
@@ -152,7 +153,12 @@ fn request_schemas() -> (Value, Value, Value) {
         json!({ "type": "integer", "minimum": 0, "maximum": MAX_TOP_LOGPROBS,
                 "description": "Needs `logprobs: true` when above 0." }),
     );
-    let mut comp = common_params();
+    let mut chat = or_null(chat);
+    chat.insert(
+        "messages".into(),
+        json!({ "type": "array", "minItems": 1, "items": schema_ref("ChatMessage") }),
+    );
+    let mut comp = or_null(common_params());
     let token = json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX });
     comp.insert(
         "prompt".into(),
@@ -160,12 +166,12 @@ fn request_schemas() -> (Value, Value, Value) {
             { "type": "string" },
             { "type": "array", "minItems": 1, "items": { "type": "string" } },
             { "type": "array", "minItems": 1, "items": token },
-            { "type": "array", "minItems": 1, "items": { "type": "array", "items": token } }
+            { "type": "array", "minItems": 1, "items": { "type": "array", "minItems": 1, "items": token } }
         ] }),
     );
     comp.insert(
         "logprobs".into(),
-        json!({ "type": "integer", "minimum": 0, "maximum": MAX_TOP_LOGPROBS }),
+        nullable(json!({ "type": "integer", "minimum": 0, "maximum": MAX_TOP_LOGPROBS })),
     );
     let message = json!({
         "type": "object",
@@ -188,7 +194,17 @@ fn request_schemas() -> (Value, Value, Value) {
     });
     (
         message,
-        json!({ "type": "object", "required": ["messages"], "properties": chat }),
+        json!({
+            "type": "object",
+            "required": ["messages"],
+            "properties": chat,
+            // `top_logprobs` above 0 needs `logprobs: true`.
+            "if": {
+                "required": ["top_logprobs"],
+                "properties": { "top_logprobs": { "type": "integer", "minimum": 1 } }
+            },
+            "then": { "required": ["logprobs"], "properties": { "logprobs": { "const": true } } }
+        }),
         json!({ "type": "object", "required": ["prompt"], "properties": comp }),
     )
 }
