@@ -53,14 +53,14 @@ impl Body {
 /// JSON Schema) make no difference between the two, and clients written in languages without
 /// an integer type send them, so `"n": 2.0` must mean `2`. Float fields still accept integers.
 fn integral_floats_to_ints(v: &mut Value) {
-    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    // Only where floats are exact: a bigger integer literal that overflowed `i64`/`u64` into
+    // a float must stay out of range rather than round onto a valid value.
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     match v {
         Value::Number(n) if !n.is_i64() && !n.is_u64() => {
-            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
-                if (-TWO_63..TWO_63).contains(&f) {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f.abs() <= EXACT {
                     *v = Value::from(f as i64);
-                } else if (0.0..2.0 * TWO_63).contains(&f) {
-                    *v = Value::from(f as u64);
                 }
             }
         }
@@ -479,6 +479,9 @@ mod tests {
         let (p, _) = completion(&body(r#"{"prompt":"a","temperature":1}"#))
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(p.sampling.temperature, 1.0);
+        // One below i64::MIN overflows to a float; it must not round onto i64::MIN.
+        let e = completion(&body(r#"{"prompt":"a","seed":-9223372036854775809}"#)).err();
+        assert!(e.is_some_and(|e| e.param.as_deref() == Some("seed")));
     }
 
     #[test]
