@@ -1,6 +1,7 @@
 //! Serves the engine's fake model with the ASCII test codec, to try the HTTP API (and the
 //! Python client tests' plumbing) without model weights:
-//! `cargo run -p ferrum-server --example fake_serve -- 127.0.0.1:8080`.
+//! `cargo run -p ferrum-server --example fake_serve -- 127.0.0.1:8080` (the address is optional;
+//! `FERRUM_API_KEY` sets a key). `scripts/schemathesis_test.sh` and the load test use it.
 
 use std::sync::Arc;
 
@@ -15,7 +16,9 @@ async fn main() -> std::io::Result<()> {
         config.addr = addr.parse().map_err(std::io::Error::other)?;
     }
     config.api_key = std::env::var("FERRUM_API_KEY").ok();
-    run(config, || {
+    let addr = config.addr;
+    let api_key = config.api_key.is_some();
+    run(config, move || {
         let cfg = EngineConfig {
             num_blocks: 2048,
             max_model_len: 2048,
@@ -29,9 +32,9 @@ async fn main() -> std::io::Result<()> {
             max_model_len: cfg.max_model_len,
             kv_blocks: cfg.num_blocks,
             block_size: cfg.block_size,
-            addr: ServerConfig::default().addr,
+            addr,
             threads: 1,
-            api_key: false,
+            api_key,
         };
         let kv = cfg.num_blocks * cfg.block_size;
         let max_model_len = cfg.max_model_len;

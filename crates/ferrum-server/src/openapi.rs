@@ -1,48 +1,97 @@
-//! The OpenAPI 3 description served at `GET /openapi.json`.
+//! The OpenAPI 3.1 description served at `GET /openapi.json`.
 //!
-//! Hand-written JSON (no codegen dependency). Tests keep it true: its operations must equal
+//! Hand-written JSON (no codegen dependency). It is meant to be exact, so that generic tools
+//! (Schemathesis in `scripts/schemathesis_test.sh`) can fuzz a live server against it:
+//! request schemas mirror what `params.rs` accepts (a body they reject gets a 400), response
+//! schemas describe the real bodies including streamed events, and every status a route can
+//! answer is listed with OpenAI's error shape. Tests keep it true: its operations must equal
 //! the router's route table, and every request example must be accepted by a live server.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-fn error_responses(codes: &[&str]) -> Value {
-    let mut m = serde_json::Map::new();
-    for c in codes {
-        let desc = match *c {
-            "400" => "Invalid parameters, malformed JSON, or a prompt longer than the context.",
-            "401" => "Missing or wrong API key (only when the server has one).",
-            "404" => "Unknown model.",
-            "413" => "Body over the size limit.",
-            "503" => "Model loading, queue full, or shutting down; see Retry-After.",
-            _ => "Error.",
-        };
-        m.insert(
-            (*c).to_string(),
-            json!({
-                "description": desc,
-                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
-            }),
-        );
-    }
-    Value::Object(m)
+use crate::params::{MAX_N, MAX_TOP_LOGPROBS};
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
 }
 
-fn generation_op(summary: &str, req: &str, resp: &str, example: Value) -> Value {
-    let mut responses = error_responses(&["400", "401", "404", "413", "503"]);
-    responses["200"] = json!({
-        "description": "The completion, or with `stream: true` a `text/event-stream` of chunks ending in `data: [DONE]`.",
-        "content": {
-            "application/json": { "schema": { "$ref": format!("#/components/schemas/{resp}") } },
-            "text/event-stream": { "schema": { "type": "string" } }
+fn nullable(schema: Value) -> Value {
+    json!({ "anyOf": [schema, { "type": "null" }] })
+}
+
+fn retry_after() -> Value {
+    json!({ "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": { "type": "integer", "minimum": 0 }
+    } })
+}
+
+/// The error responses for `codes`, each with OpenAI's error body.
+fn error_responses(codes: &[u16]) -> Map<String, Value> {
+    let mut m = Map::new();
+    for &c in codes {
+        let desc = match c {
+            400 => "Invalid parameters, malformed JSON, or a prompt longer than the context.",
+            401 => "Missing or wrong API key (only when the server has one).",
+            404 => "Unknown model.",
+            413 => "Body over the size limit.",
+            500 => "The model failed while generating (never caused by the request).",
+            503 => "Model loading, queue full, or shutting down; see Retry-After.",
+            _ => "Error.",
+        };
+        let mut resp = json!({
+            "description": desc,
+            "content": { "application/json": { "schema": schema_ref("Error") } }
+        });
+        if c == 503 {
+            resp["headers"] = retry_after();
         }
+        m.insert(c.to_string(), resp);
+    }
+    m
+}
+
+fn json_ok(desc: &str, schema: Value) -> Value {
+    json!({ "description": desc, "content": { "application/json": { "schema": schema } } })
+}
+
+/// `security` for the `/v1/` routes: the bearer key is needed only when the server has one.
+fn optional_bearer() -> Value {
+    json!([{}, { "bearer": [] }])
+}
+
+fn generation_op(summary: &str, req: &str, resp: &str, chunk: &str, example: Value) -> Value {
+    let mut responses = error_responses(&[400, 401, 404, 413, 500, 503]);
+    // One server-sent event: a JSON chunk (or an error object if generation fails mid-stream),
+    // and finally the literal `[DONE]`.
+    let event = json!({
+        "type": "object",
+        "required": ["data"],
+        "properties": { "data": { "type": "string" } },
+        "if": { "properties": { "data": { "const": "[DONE]" } } },
+        "else": { "properties": { "data": {
+            "contentMediaType": "application/json",
+            "contentSchema": { "anyOf": [schema_ref(chunk), schema_ref("Error")] }
+        } } }
     });
+    responses.insert(
+        "200".into(),
+        json!({
+            "description": "The completion, or with `stream: true` a `text/event-stream` of chunks ending in `data: [DONE]`.",
+            "content": {
+                "application/json": { "schema": schema_ref(resp) },
+                "text/event-stream": { "schema": event }
+            }
+        }),
+    );
     json!({
         "post": {
             "summary": summary,
+            "security": optional_bearer(),
             "requestBody": {
                 "required": true,
                 "content": { "application/json": {
-                    "schema": { "$ref": format!("#/components/schemas/{req}") },
+                    "schema": schema_ref(req),
                     "example": example
                 } }
             },
@@ -51,40 +100,49 @@ fn generation_op(summary: &str, req: &str, resp: &str, example: Value) -> Value 
     })
 }
 
-fn common_params() -> serde_json::Map<String, Value> {
-    let props = json!({
+fn object(props: Value) -> Map<String, Value> {
+    match props {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Request fields both generation routes read (see `params::common`).
+fn common_params() -> Map<String, Value> {
+    let number = |lo: f64, hi: f64| json!({ "type": "number", "minimum": lo, "maximum": hi });
+    object(json!({
         "model": { "type": "string", "description": "Served model name; optional, must match when given." },
-        "max_tokens": { "type": "integer", "minimum": 1 },
+        "max_tokens": { "type": "integer", "minimum": 1, "maximum": u32::MAX },
         "temperature": { "type": "number", "minimum": 0, "maximum": 2, "default": 1 },
         "top_p": { "type": "number", "exclusiveMinimum": 0, "maximum": 1 },
-        "top_k": { "type": "integer", "minimum": -1, "description": "0 or -1: off." },
-        "min_p": { "type": "number", "minimum": 0, "maximum": 1 },
-        "seed": { "type": "integer" },
-        "stop": { "oneOf": [ { "type": "string" }, { "type": "array", "items": { "type": "string" }, "maxItems": 16 } ] },
-        "presence_penalty": { "type": "number", "minimum": -2, "maximum": 2 },
-        "frequency_penalty": { "type": "number", "minimum": -2, "maximum": 2 },
+        "top_k": { "type": "integer", "minimum": -1, "maximum": i64::MAX, "description": "0 or -1: off." },
+        "min_p": number(0.0, 1.0),
+        "seed": { "type": "integer", "minimum": i64::MIN, "maximum": i64::MAX },
+        "stop": { "anyOf": [
+            { "type": "string" },
+            { "type": "array", "items": { "type": "string" }, "maxItems": 16 }
+        ] },
+        "presence_penalty": number(-2.0, 2.0),
+        "frequency_penalty": number(-2.0, 2.0),
         "repetition_penalty": { "type": "number", "exclusiveMinimum": 0 },
-        "n": { "type": "integer", "minimum": 1, "maximum": crate::params::MAX_N },
+        "n": { "type": "integer", "minimum": 1, "maximum": MAX_N },
         "stream": { "type": "boolean", "default": false },
         "stream_options": { "type": "object", "properties": { "include_usage": { "type": "boolean" } } },
         "user": { "type": "string" },
         "ignore_eos": { "type": "boolean", "default": false }
-    });
-    match props {
-        Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    }
+    }))
 }
 
-fn schemas() -> Value {
+/// The server reads `null` as "not given", so every optional field also accepts it.
+fn or_null(props: Map<String, Value>) -> Map<String, Value> {
+    props.into_iter().map(|(k, v)| (k, nullable(v))).collect()
+}
+
+fn request_schemas() -> (Value, Value, Value) {
     let mut chat = common_params();
     chat.insert(
-        "messages".into(),
-        json!({ "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/ChatMessage" } }),
-    );
-    chat.insert(
         "max_completion_tokens".into(),
-        json!({ "type": "integer", "minimum": 1 }),
+        json!({ "type": "integer", "minimum": 1, "maximum": u32::MAX }),
     );
     chat.insert(
         "logprobs".into(),
@@ -92,95 +150,231 @@ fn schemas() -> Value {
     );
     chat.insert(
         "top_logprobs".into(),
-        json!({ "type": "integer", "minimum": 0, "maximum": crate::params::MAX_TOP_LOGPROBS }),
+        json!({ "type": "integer", "minimum": 0, "maximum": MAX_TOP_LOGPROBS,
+                "description": "Needs `logprobs: true` when above 0." }),
     );
-    let mut comp = common_params();
+    let mut chat = or_null(chat);
+    chat.insert(
+        "messages".into(),
+        json!({ "type": "array", "minItems": 1, "items": schema_ref("ChatMessage") }),
+    );
+    let mut comp = or_null(common_params());
+    let token = json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX });
     comp.insert(
         "prompt".into(),
-        json!({ "oneOf": [
+        json!({ "anyOf": [
             { "type": "string" },
-            { "type": "array", "items": { "type": "string" } },
-            { "type": "array", "items": { "type": "integer" } },
-            { "type": "array", "items": { "type": "array", "items": { "type": "integer" } } }
+            { "type": "array", "minItems": 1, "items": { "type": "string" } },
+            { "type": "array", "minItems": 1, "items": token },
+            { "type": "array", "minItems": 1, "items": { "type": "array", "minItems": 1, "items": token } }
         ] }),
     );
     comp.insert(
         "logprobs".into(),
-        json!({ "type": "integer", "minimum": 0, "maximum": crate::params::MAX_TOP_LOGPROBS }),
+        nullable(json!({ "type": "integer", "minimum": 0, "maximum": MAX_TOP_LOGPROBS })),
     );
-    let usage = json!({
+    let message = json!({
         "type": "object",
+        "required": ["role"],
         "properties": {
-            "prompt_tokens": { "type": "integer" },
-            "completion_tokens": { "type": "integer" },
-            "total_tokens": { "type": "integer" },
-            "prompt_tokens_details": { "type": "object", "properties": { "cached_tokens": { "type": "integer" } } }
+            "role": { "type": "string", "enum": ["system", "developer", "user", "assistant", "tool"] },
+            "content": { "anyOf": [
+                { "type": "string" },
+                { "type": "null" },
+                { "type": "array", "items": {
+                    "type": "object",
+                    "required": ["type", "text"],
+                    "properties": {
+                        "type": { "type": "string", "enum": ["text"] },
+                        "text": { "type": "string" }
+                    }
+                } }
+            ] }
         }
     });
+    (
+        message,
+        json!({
+            "type": "object",
+            "required": ["messages"],
+            "properties": chat,
+            // `top_logprobs` above 0 needs `logprobs: true`.
+            "if": {
+                "required": ["top_logprobs"],
+                "properties": { "top_logprobs": { "type": "integer", "minimum": 1 } }
+            },
+            "then": { "required": ["logprobs"], "properties": { "logprobs": { "const": true } } }
+        }),
+        json!({ "type": "object", "required": ["prompt"], "properties": comp }),
+    )
+}
+
+/// Response schemas, matching `format.rs` field for field.
+fn response_schemas() -> Map<String, Value> {
     let finish = json!({ "type": "string", "enum": ["stop", "length"] });
-    json!({
-        "ChatMessage": {
+    let envelope = |object: &str, choice: Value, usage_required: bool| {
+        let mut required = vec!["id", "object", "created", "model", "choices"];
+        if usage_required {
+            required.push("usage");
+        }
+        let usage = if usage_required {
+            schema_ref("Usage")
+        } else {
+            nullable(schema_ref("Usage"))
+        };
+        json!({
             "type": "object",
-            "required": ["role"],
+            "required": required,
             "properties": {
-                "role": { "type": "string", "enum": ["system", "developer", "user", "assistant", "tool"] },
-                "content": { "oneOf": [ { "type": "string" }, { "type": "array", "items": {
-                    "type": "object", "properties": { "type": { "type": "string", "enum": ["text"] }, "text": { "type": "string" } }
-                } } ] }
+                "id": { "type": "string" },
+                "object": { "const": object },
+                "created": { "type": "integer", "minimum": 0 },
+                "model": { "type": "string" },
+                "system_fingerprint": { "type": "null" },
+                "choices": { "type": "array", "items": choice },
+                "usage": usage
+            }
+        })
+    };
+    let chat_lp = nullable(schema_ref("ChatLogprobs"));
+    let comp_lp = nullable(schema_ref("CompletionLogprobs"));
+    let index = json!({ "type": "integer", "minimum": 0 });
+    let chat_choice = json!({
+        "type": "object",
+        "required": ["index", "message", "logprobs", "finish_reason"],
+        "properties": {
+            "index": index,
+            "message": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": { "role": { "const": "assistant" }, "content": { "type": "string" } }
+            },
+            "logprobs": chat_lp,
+            "finish_reason": finish
+        }
+    });
+    let chat_chunk_choice = json!({
+        "type": "object",
+        "required": ["index", "delta", "logprobs", "finish_reason"],
+        "properties": {
+            "index": index,
+            "delta": {
+                "type": "object",
+                "properties": { "role": { "const": "assistant" }, "content": { "type": "string" } }
+            },
+            "logprobs": chat_lp,
+            "finish_reason": nullable(finish.clone())
+        }
+    });
+    let comp_choice = |finish: Value| {
+        json!({
+            "type": "object",
+            "required": ["index", "text", "logprobs", "finish_reason"],
+            "properties": {
+                "index": index,
+                "text": { "type": "string" },
+                "logprobs": comp_lp,
+                "finish_reason": finish
+            }
+        })
+    };
+    let count = json!({ "type": "integer", "minimum": 0 });
+    let token_entry = json!({
+        "type": "object",
+        "required": ["token", "logprob", "bytes"],
+        "properties": {
+            "token": { "type": "string" },
+            "logprob": { "type": "number", "maximum": 0 },
+            "bytes": { "type": "array", "items": { "type": "integer", "minimum": 0, "maximum": 255 } }
+        }
+    });
+    let mut chat_entry = token_entry.clone();
+    chat_entry["required"] = json!(["token", "logprob", "bytes", "top_logprobs"]);
+    chat_entry["properties"]["top_logprobs"] = json!({ "type": "array", "items": token_entry });
+    object(json!({
+        "Usage": {
+            "type": "object",
+            "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+            "properties": {
+                "prompt_tokens": count,
+                "completion_tokens": count,
+                "total_tokens": count,
+                "prompt_tokens_details": {
+                    "type": "object",
+                    "properties": { "cached_tokens": count }
+                }
             }
         },
-        "ChatCompletionRequest": { "type": "object", "required": ["messages"], "properties": chat },
-        "CompletionRequest": { "type": "object", "required": ["prompt"], "properties": comp },
-        "Usage": usage,
-        "ChatCompletion": {
+        "ChatLogprobs": {
             "type": "object",
+            "required": ["content"],
+            "properties": { "content": { "type": "array", "items": chat_entry } }
+        },
+        "CompletionLogprobs": {
+            "type": "object",
+            "required": ["tokens", "token_logprobs", "top_logprobs", "text_offset"],
             "properties": {
-                "id": { "type": "string" }, "object": { "type": "string", "enum": ["chat.completion"] },
-                "created": { "type": "integer" }, "model": { "type": "string" },
-                "choices": { "type": "array", "items": { "type": "object", "properties": {
-                    "index": { "type": "integer" },
-                    "message": { "type": "object", "properties": { "role": { "type": "string" }, "content": { "type": "string" } } },
-                    "logprobs": { "type": "object", "nullable": true },
-                    "finish_reason": finish
-                } } },
-                "usage": { "$ref": "#/components/schemas/Usage" }
+                "tokens": { "type": "array", "items": { "type": "string" } },
+                "token_logprobs": { "type": "array", "items": { "type": "number", "maximum": 0 } },
+                "top_logprobs": { "type": "array", "items": {
+                    "type": "object", "additionalProperties": { "type": "number", "maximum": 0 }
+                } },
+                "text_offset": { "type": "array", "items": count }
             }
         },
-        "Completion": {
-            "type": "object",
-            "properties": {
-                "id": { "type": "string" }, "object": { "type": "string", "enum": ["text_completion"] },
-                "created": { "type": "integer" }, "model": { "type": "string" },
-                "choices": { "type": "array", "items": { "type": "object", "properties": {
-                    "index": { "type": "integer" }, "text": { "type": "string" },
-                    "logprobs": { "type": "object", "nullable": true },
-                    "finish_reason": finish
-                } } },
-                "usage": { "$ref": "#/components/schemas/Usage" }
-            }
-        },
+        "ChatCompletion": envelope("chat.completion", chat_choice, true),
+        "ChatCompletionChunk": envelope("chat.completion.chunk", chat_chunk_choice, false),
+        "Completion": envelope("text_completion", comp_choice(finish.clone()), true),
+        "CompletionChunk": envelope("text_completion", comp_choice(nullable(finish)), false),
         "Model": {
             "type": "object",
+            "required": ["id", "object", "created", "owned_by"],
             "properties": {
-                "id": { "type": "string" }, "object": { "type": "string" }, "created": { "type": "integer" },
-                "owned_by": { "type": "string" }, "max_model_len": { "type": "integer" }
+                "id": { "type": "string" }, "object": { "const": "model" },
+                "created": { "type": "integer", "minimum": 0 },
+                "owned_by": { "type": "string" }, "max_model_len": count
             }
         },
         "Error": {
             "type": "object",
-            "properties": { "error": { "type": "object", "properties": {
-                "message": { "type": "string" }, "type": { "type": "string" },
-                "param": { "type": "string", "nullable": true }, "code": { "type": "string", "nullable": true }
-            } } }
+            "required": ["error"],
+            "properties": { "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": { "type": "string" },
+                    "type": { "type": "string" },
+                    "param": { "type": ["string", "null"] },
+                    "code": { "type": ["string", "null"] }
+                }
+            } }
         }
-    })
+    }))
+}
+
+fn schemas() -> Value {
+    let (message, chat, comp) = request_schemas();
+    let mut all = response_schemas();
+    all.insert("ChatMessage".into(), message);
+    all.insert("ChatCompletionRequest".into(), chat);
+    all.insert("CompletionRequest".into(), comp);
+    Value::Object(all)
+}
+
+fn with_errors(mut responses: Map<String, Value>, codes: &[u16]) -> Value {
+    responses.extend(error_responses(codes));
+    Value::Object(responses)
 }
 
 /// The OpenAPI document.
 pub fn spec() -> Value {
-    let json_ok = |desc: &str, schema: Value| json!({ "description": desc, "content": { "application/json": { "schema": schema } } });
+    let status = json!({ "type": "object", "required": ["status"], "properties": {
+        "status": { "type": "string", "enum": ["ok", "loading", "draining"] }
+    } });
+    let mut health_503 = json_ok("Loading or draining.", status.clone());
+    health_503["headers"] = retry_after();
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "Ferrum",
             "version": env!("CARGO_PKG_VERSION"),
@@ -195,38 +389,41 @@ pub fn spec() -> Value {
                 "Chat completion",
                 "ChatCompletionRequest",
                 "ChatCompletion",
+                "ChatCompletionChunk",
                 json!({ "messages": [ { "role": "user", "content": "Say hi" } ], "max_tokens": 8 }),
             ),
             "/v1/completions": generation_op(
                 "Text completion",
                 "CompletionRequest",
                 "Completion",
+                "CompletionChunk",
                 json!({ "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0 }),
             ),
             "/v1/models": { "get": {
                 "summary": "List the served model",
-                "responses": {
-                    "200": json_ok("Model list.", json!({ "type": "object", "properties": {
-                        "object": { "type": "string" },
-                        "data": { "type": "array", "items": { "$ref": "#/components/schemas/Model" } }
-                    } })),
-                    "401": error_responses(&["401"])["401"], "503": error_responses(&["503"])["503"]
-                }
+                "security": optional_bearer(),
+                "responses": with_errors(object(json!({
+                    "200": json_ok("Model list.", json!({
+                        "type": "object",
+                        "required": ["object", "data"],
+                        "properties": {
+                            "object": { "const": "list" },
+                            "data": { "type": "array", "items": schema_ref("Model") }
+                        }
+                    }))
+                })), &[401, 503])
             } },
             "/v1/models/{model}": { "get": {
                 "summary": "Describe one model",
+                "security": optional_bearer(),
                 "parameters": [ { "name": "model", "in": "path", "required": true, "schema": { "type": "string" } } ],
-                "responses": {
-                    "200": json_ok("The model.", json!({ "$ref": "#/components/schemas/Model" })),
-                    "404": error_responses(&["404"])["404"], "503": error_responses(&["503"])["503"]
-                }
+                "responses": with_errors(object(json!({
+                    "200": json_ok("The model.", schema_ref("Model"))
+                })), &[401, 404, 503])
             } },
             "/health": { "get": {
                 "summary": "Readiness: 200 once the model is loaded",
-                "responses": {
-                    "200": json_ok("Ready.", json!({ "type": "object", "properties": { "status": { "type": "string" } } })),
-                    "503": json_ok("Loading or draining.", json!({ "type": "object", "properties": { "status": { "type": "string" } } }))
-                }
+                "responses": { "200": json_ok("Ready.", status), "503": health_503 }
             } },
             "/metrics": { "get": {
                 "summary": "Prometheus metrics",
@@ -235,7 +432,7 @@ pub fn spec() -> Value {
             } },
             "/openapi.json": { "get": {
                 "summary": "This document",
-                "responses": { "200": json_ok("OpenAPI 3 document.", json!({ "type": "object" })) }
+                "responses": { "200": json_ok("OpenAPI 3.1 document.", json!({ "type": "object" })) }
             } }
         }
     })

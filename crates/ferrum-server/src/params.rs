@@ -26,8 +26,9 @@ pub(crate) struct Body {
 impl Body {
     /// Parses raw bytes; malformed JSON or a non-object is a 400.
     pub fn parse(bytes: &[u8]) -> Result<Body, ApiError> {
-        let v: Value = serde_json::from_slice(bytes)
+        let mut v: Value = serde_json::from_slice(bytes)
             .map_err(|e| ApiError::invalid(None, format!("request body is not valid JSON: {e}")))?;
+        integral_floats_to_ints(&mut v);
         match v {
             Value::Object(obj) => Ok(Body { obj }),
             _ => Err(ApiError::invalid(
@@ -45,6 +46,27 @@ impl Body {
                 .map(Some)
                 .map_err(|e| ApiError::bad_param(name, e)),
         }
+    }
+}
+
+/// Rewrites every float with no fractional part (`1.0`) as an integer, in place. JSON (and
+/// JSON Schema) make no difference between the two, and clients written in languages without
+/// an integer type send them, so `"n": 2.0` must mean `2`. Float fields still accept integers.
+fn integral_floats_to_ints(v: &mut Value) {
+    // Only where floats are exact: a bigger integer literal that overflowed `i64`/`u64` into
+    // a float must stay out of range rather than round onto a valid value.
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f.abs() <= EXACT {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_ints),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_to_ints),
+        _ => {}
     }
 }
 
@@ -81,9 +103,12 @@ pub(crate) struct GenParams {
     pub ignore_eos: bool,
 }
 
-fn check_range(name: &str, v: f32, lo: f32, hi: f32) -> Result<(), ApiError> {
+/// `v` as the sampler's `f32` if it lies in `[lo, hi]`. The check is made on the JSON value
+/// itself (`f64`), so a value just outside the range is not rounded into it, and one inside
+/// it is never rounded out (a tiny positive number stays positive).
+fn in_range(name: &str, v: f64, lo: f64, hi: f64) -> Result<f32, ApiError> {
     if v.is_finite() && (lo..=hi).contains(&v) {
-        Ok(())
+        Ok(to_f32(v))
     } else {
         Err(ApiError::invalid(
             Some(name.to_string()),
@@ -92,9 +117,32 @@ fn check_range(name: &str, v: f32, lo: f32, hi: f32) -> Result<(), ApiError> {
     }
 }
 
+/// `v` (finite) as `f32`, saturating at `f32::MAX` and keeping nonzero values nonzero.
+fn to_f32(v: f64) -> f32 {
+    let f = v.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32;
+    if f == 0.0 && v != 0.0 {
+        f32::MIN_POSITIVE.copysign(v as f32)
+    } else {
+        f
+    }
+}
+
+/// `v` as `f32` if it is finite and above zero.
+fn positive(name: &str, v: f64, hi: f64) -> Result<f32, ApiError> {
+    if v.is_finite() && v > 0.0 && v <= hi {
+        Ok(to_f32(v))
+    } else {
+        Err(ApiError::invalid(
+            Some(name.to_string()),
+            format!("'{name}' must be in (0, {hi}], got {v}"),
+        ))
+    }
+}
+
 /// Reads the parameters common to both routes; `max_tokens_names` lists the accepted names
 /// of the token limit, first wins.
 pub(crate) fn common(body: &Body, max_tokens_names: &[&str]) -> Result<GenParams, ApiError> {
+    // Every accepted name is checked, so a bad value is refused even where another wins.
     let mut max_tokens = None;
     for name in max_tokens_names {
         if let Some(v) = body.get::<usize>(name)? {
@@ -104,8 +152,7 @@ pub(crate) fn common(body: &Body, max_tokens_names: &[&str]) -> Result<GenParams
                     format!("'{name}' must be at least 1"),
                 ));
             }
-            max_tokens = Some(v);
-            break;
+            max_tokens = max_tokens.or(Some(v));
         }
     }
     let n = body.get::<usize>("n")?.unwrap_or(1);
@@ -116,17 +163,13 @@ pub(crate) fn common(body: &Body, max_tokens_names: &[&str]) -> Result<GenParams
         ));
     }
     let mut s = SamplingParams::default();
-    let temperature = body.get::<f32>("temperature")?.unwrap_or(1.0);
-    check_range("temperature", temperature, 0.0, 2.0)?;
-    s.temperature = temperature;
-    if let Some(v) = body.get::<f32>("top_p")? {
-        if !(v > 0.0 && v <= 1.0) {
-            return Err(ApiError::invalid(
-                Some("top_p".into()),
-                format!("'top_p' must be in (0, 1], got {v}"),
-            ));
-        }
-        s.top_p = v;
+    if let Some(v) = body.get::<f64>("temperature")? {
+        s.temperature = in_range("temperature", v, 0.0, 2.0)?;
+    } else {
+        s.temperature = 1.0;
+    }
+    if let Some(v) = body.get::<f64>("top_p")? {
+        s.top_p = positive("top_p", v, 1.0)?;
     }
     if let Some(v) = body.get::<i64>("top_k")? {
         // -1 (vLLM's "off") and 0 both mean no top-k cut.
@@ -141,26 +184,17 @@ pub(crate) fn common(body: &Body, max_tokens_names: &[&str]) -> Result<GenParams
             }
         };
     }
-    if let Some(v) = body.get::<f32>("min_p")? {
-        check_range("min_p", v, 0.0, 1.0)?;
-        s.min_p = v;
+    if let Some(v) = body.get::<f64>("min_p")? {
+        s.min_p = in_range("min_p", v, 0.0, 1.0)?;
     }
-    if let Some(v) = body.get::<f32>("presence_penalty")? {
-        check_range("presence_penalty", v, -2.0, 2.0)?;
-        s.presence_penalty = v;
+    if let Some(v) = body.get::<f64>("presence_penalty")? {
+        s.presence_penalty = in_range("presence_penalty", v, -2.0, 2.0)?;
     }
-    if let Some(v) = body.get::<f32>("frequency_penalty")? {
-        check_range("frequency_penalty", v, -2.0, 2.0)?;
-        s.frequency_penalty = v;
+    if let Some(v) = body.get::<f64>("frequency_penalty")? {
+        s.frequency_penalty = in_range("frequency_penalty", v, -2.0, 2.0)?;
     }
-    if let Some(v) = body.get::<f32>("repetition_penalty")? {
-        if !(v.is_finite() && v > 0.0) {
-            return Err(ApiError::invalid(
-                Some("repetition_penalty".into()),
-                format!("'repetition_penalty' must be > 0, got {v}"),
-            ));
-        }
-        s.repetition_penalty = v;
+    if let Some(v) = body.get::<f64>("repetition_penalty")? {
+        s.repetition_penalty = positive("repetition_penalty", v, f64::MAX)?;
     }
     // Seeds are any JSON integer; negative ones wrap, as callers only need determinism.
     s.seed = body.get::<i64>("seed")?.map(|v| v as u64);
@@ -417,6 +451,55 @@ mod tests {
             let e = completion(&body(bad)).err();
             assert!(e.is_some_and(|e| e.status == 400), "{bad}");
         }
+    }
+
+    #[test]
+    fn bounds_are_checked_on_the_json_value_not_its_f32_rounding() {
+        // Just above 2: rounds to 2.0 in f32 but is out of range.
+        let e = completion(&body(r#"{"prompt":"a","presence_penalty":2.0000000001}"#)).err();
+        assert!(e.is_some_and(|e| e.param.as_deref() == Some("presence_penalty")));
+        // Tiny but positive: rounds to 0 in f32 but is in range, and stays positive.
+        let (p, _) = completion(&body(
+            r#"{"prompt":"a","top_p":5e-324,"repetition_penalty":1e-300}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(p.sampling.top_p > 0.0 && p.sampling.repetition_penalty > 0.0);
+        let (p, _) = completion(&body(r#"{"prompt":"a","repetition_penalty":1e300}"#))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(p.sampling.repetition_penalty.is_finite());
+    }
+
+    #[test]
+    fn integral_floats_read_as_integers_and_fractions_do_not() {
+        let (p, _) = completion(&body(r#"{"prompt":[1.0,2],"n":2.0,"max_tokens":3.0}"#))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((p.n, p.max_tokens), (2, Some(3)));
+        let e = completion(&body(r#"{"prompt":"a","n":1.5}"#)).err();
+        assert!(e.is_some_and(|e| e.param.as_deref() == Some("n")));
+        let (p, _) = completion(&body(r#"{"prompt":"a","temperature":1}"#))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(p.sampling.temperature, 1.0);
+        // One below i64::MIN overflows to a float; it must not round onto i64::MIN.
+        let e = completion(&body(r#"{"prompt":"a","seed":-9223372036854775809}"#)).err();
+        assert!(e.is_some_and(|e| e.param.as_deref() == Some("seed")));
+    }
+
+    #[test]
+    fn a_bad_max_tokens_is_refused_even_when_max_completion_tokens_wins() {
+        let e = chat(&body(
+            r#"{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":5,"max_tokens":"x"}"#,
+        ))
+        .err();
+        assert!(e.is_some_and(|e| e.param.as_deref() == Some("max_tokens")));
+    }
+
+    #[test]
+    fn null_means_not_given() {
+        let (p, _) = completion(&body(
+            r#"{"prompt":"a","temperature":null,"user":null,"n":null,"stop":null}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((p.sampling.temperature, p.n, p.user), (1.0, 1, None));
     }
 
     #[test]

@@ -8,7 +8,8 @@ correctness under load, not only for speed. Reports failures, latency percentile
 
     python3 load_test.py --url http://127.0.0.1:8080 --requests 256 --concurrency 64 --pid $(pgrep -n ferrum)
 
-Exit status: 0 when every request succeeded and matched, 1 otherwise. Only talks to --url
+Exit status: 0 when every request succeeded and matched exactly once (no failure, duplicate
+or loss), 1 otherwise; the last line printed is a one-line summary. Only talks to --url
 (keep it on loopback) and stops by itself after --deadline seconds.
 """
 
@@ -125,7 +126,13 @@ async def main(args):
     after = rss_kib(args.pid)
     done = [r for r in results if r["ok"]]
     failures = [r for r in results if not r["ok"]]
-    missing = args.requests - len(results)
+    # Every request must report exactly once: a repeated index is a duplicate, an absent one
+    # a loss (still running at the deadline, or dropped).
+    seen = {}
+    for r in results:
+        seen[r["i"]] = seen.get(r["i"], 0) + 1
+    duplicates = sum(c - 1 for c in seen.values())
+    missing = sum(1 for i in range(args.requests) if i not in seen)
     ttfts = [r["ttft"] for r in done if r.get("ttft") is not None]
     totals = [r["total"] for r in done]
     summary = {
@@ -135,7 +142,8 @@ async def main(args):
         "max_tokens": args.max_tokens,
         "ok": len(done),
         "failed": len(failures),
-        "unfinished_at_deadline": missing,
+        "duplicates": duplicates,
+        "losses": missing,
         "wall_s": round(wall, 3),
         "requests_per_s": round(len(done) / wall, 3) if wall > 0 else None,
         "ttft_s": {"p50": pct(ttfts, 50), "p90": pct(ttfts, 90), "p99": pct(ttfts, 99),
@@ -147,7 +155,15 @@ async def main(args):
     }
     print(json.dumps(summary, indent=2))
     await client.close()
-    return 0 if not failures and missing == 0 else 1
+    passed = not failures and missing == 0 and duplicates == 0
+    rss = lambda r: (r or {}).get("VmRSS")
+    print(
+        f"load test {'PASSED' if passed else 'FAILED'}: requests={args.requests} ok={len(done)} "
+        f"failures={len(failures)} duplicates={duplicates} losses={missing} "
+        f"rss_kib_before={rss(before)} rss_kib_after={rss(after)} "
+        f"peak_rss_kib={(after or {}).get('VmHWM')} wall_s={wall:.1f}"
+    )
+    return 0 if passed else 1
 
 
 def parse():
