@@ -8,7 +8,7 @@ root=$(pwd)
 cargo build -q -p ferrum-cli
 port=${FERRUM_TEST_PORT:-18080}
 log=$(mktemp)
-./target/debug/ferrum serve --port "$port" --threads 2 --kv-cache-tokens 16384 >"$log" 2>&1 &
+"${CARGO_TARGET_DIR:-target}/debug/ferrum" serve --port "$port" --threads 2 --kv-cache-tokens 16384 >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do
