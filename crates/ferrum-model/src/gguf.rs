@@ -250,9 +250,11 @@ impl GgufFile {
         let path = path.as_ref();
         let file = std::fs::File::open(path)
             .map_err(|e| Error::new(crate::ErrorKind::Io, format!("{}: {e}", path.display())))?;
+        // Pages are read in at open (populate) so serving does not page-fault weights in
+        // while it runs and RSS is flat from the start.
         // SAFETY: the map is read-only; the file is not expected to change while it is in use
         // (the same assumption llama.cpp makes). Every read is bounds-checked against its length.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| {
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(|e| {
             Error::new(
                 crate::ErrorKind::Io,
                 format!("{}: mmap: {e}", path.display()),
