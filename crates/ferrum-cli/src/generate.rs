@@ -101,6 +101,13 @@ pub struct ChatArgs {
     /// KV capacity of the conversation in tokens.
     #[arg(long, default_value_t = 8192)]
     context: usize,
+    /// Talk to a running `ferrum serve` (or any OpenAI-compatible server) at this base URL,
+    /// e.g. http://127.0.0.1:8080, instead of loading the model here.
+    #[arg(long)]
+    url: Option<String>,
+    /// API key for `--url`.
+    #[arg(long, env = "FERRUM_API_KEY")]
+    api_key: Option<String>,
 }
 
 /// Arguments of `ferrum tokenize`.
@@ -281,6 +288,14 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
 }
 
 pub fn run_chat(a: ChatArgs) -> Result<()> {
+    if let Some(url) = &a.url {
+        return crate::remote_chat::run(
+            url,
+            a.api_key.as_deref(),
+            a.system.as_deref(),
+            &a.sampling,
+        );
+    }
     let loaded = a.model.load()?;
     let tok = &loaded.tokenizer;
     let runner = a.model.runner(&loaded.model, a.context)?;

@@ -6,6 +6,7 @@ mod generate;
 mod load;
 mod model_cmd;
 mod perplexity;
+mod remote_chat;
 mod serve;
 
 use clap::{Parser, Subcommand};
