@@ -60,25 +60,11 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
     );
     let t0 = Instant::now();
     let (mut nll, mut scored) = (0f64, 0usize);
-    let vocab = loaded.model.config.vocab_size;
-    let mut all = Vec::new();
     for w in 0..windows {
         let win = &ids[w * a.window..(w + 1) * a.window];
-        session.reset();
-        all.clear();
-        session.extend(win, Some(&mut all))?;
-        for i in 0..win.len() - 1 {
-            let row = &all[i * vocab..(i + 1) * vocab];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = row
-                .iter()
-                .map(|&x| ((x - max) as f64).exp())
-                .sum::<f64>()
-                .ln()
-                + max as f64;
-            nll += lse - row[win[i + 1] as usize] as f64;
-            scored += 1;
-        }
+        let (n, k) = session.window_nll(win)?;
+        nll += n;
+        scored += k;
         bar.set_message(format!("ppl {:.4}", (nll / scored as f64).exp()));
         bar.inc(1);
     }

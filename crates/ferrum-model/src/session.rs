@@ -104,4 +104,27 @@ impl Session {
         }
         Ok(last)
     }
+
+    /// Perplexity's unit of work: evaluates `window` from an empty cache and returns the
+    /// summed negative log-likelihood of each token given the ones before it (every token but
+    /// the first is scored) and how many were scored.
+    pub fn window_nll(&mut self, window: &[u32]) -> Result<(f64, usize)> {
+        self.reset();
+        let mut all = Vec::new();
+        self.extend(window, Some(&mut all))?;
+        let vocab = all.len() / window.len().max(1);
+        let mut nll = 0f64;
+        for (i, &next) in window.iter().enumerate().skip(1) {
+            let row = &all[(i - 1) * vocab..i * vocab];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = row
+                .iter()
+                .map(|&x| ((x - max) as f64).exp())
+                .sum::<f64>()
+                .ln()
+                + max as f64;
+            nll += lse - row[next as usize] as f64;
+        }
+        Ok((nll, window.len().saturating_sub(1)))
+    }
 }

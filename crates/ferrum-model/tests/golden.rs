@@ -178,25 +178,12 @@ fn perplexity_matches_llama_cpp_within_one_percent() {
     let runner =
         LlamaRunner::new(Arc::clone(&f.model), window.div_ceil(16), 16, 0).expect("runner");
     let mut session = Session::new(runner);
-    let vocab = f.model.config.vocab_size;
     let (mut nll, mut scored) = (0f64, 0usize);
     for w in 0..windows {
         let win = &tokens[w * window..(w + 1) * window];
-        session.reset();
-        let mut all = Vec::new();
-        session.extend(win, Some(&mut all)).expect("forward");
-        for i in 0..window - 1 {
-            let row = &all[i * vocab..(i + 1) * vocab];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = row
-                .iter()
-                .map(|&x| ((x - max) as f64).exp())
-                .sum::<f64>()
-                .ln()
-                + max as f64;
-            nll += lse - row[win[i + 1] as usize] as f64;
-            scored += 1;
-        }
+        let (n, k) = session.window_nll(win).expect("forward");
+        nll += n;
+        scored += k;
     }
     assert_eq!(scored as u64, p["scored_tokens"].as_u64().expect("scored"));
     let ppl = (nll / scored as f64).exp();
