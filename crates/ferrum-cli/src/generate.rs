@@ -287,6 +287,34 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// One line typed at a chat prompt.
+pub(crate) enum Turn<'a> {
+    /// `/exit`, `/quit` or end of input.
+    Exit,
+    /// `/reset`: forget the conversation (keeping the system message).
+    Reset,
+    /// A message to send.
+    Message(&'a str),
+}
+
+/// Prompts with `> ` and reads the next non-empty line into `line`, recognising the REPL's
+/// commands; shared by the local and the remote (`--url`) chat.
+pub(crate) fn read_turn(line: &mut String) -> Result<Turn<'_>> {
+    loop {
+        eprint!("> ");
+        line.clear();
+        if std::io::stdin().lock().read_line(line)? == 0 {
+            return Ok(Turn::Exit);
+        }
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(Turn::Exit),
+            "/reset" => return Ok(Turn::Reset),
+            _ => return Ok(Turn::Message(line.trim_end_matches(['\n', '\r']))),
+        }
+    }
+}
+
 pub fn run_chat(a: ChatArgs) -> Result<()> {
     if let Some(url) = &a.url {
         return crate::remote_chat::run(
@@ -310,25 +338,17 @@ pub fn run_chat(a: ChatArgs) -> Result<()> {
     eprintln!(
         "ferrum chat: type a message; /reset clears the conversation, /exit or Ctrl-D quits."
     );
-    let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
-        eprint!("> ");
-        line.clear();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            break;
-        }
-        let input = line.trim_end_matches(['\n', '\r']);
-        match input.trim() {
-            "" => continue,
-            "/exit" | "/quit" => break,
-            "/reset" => {
+        let input = match read_turn(&mut line)? {
+            Turn::Exit => break,
+            Turn::Reset => {
                 messages.retain(|m| m.role == "system");
                 session.reset();
                 continue;
             }
-            _ => {}
-        }
+            Turn::Message(text) => text,
+        };
         messages.push(ChatMessage {
             role: "user".into(),
             content: input.to_string(),

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::generate::SamplingArgs;
+use crate::generate::{read_turn, SamplingArgs, Turn};
 
 /// Runs the REPL against `base` (e.g. `http://127.0.0.1:8080`).
 pub fn run(
@@ -23,24 +23,16 @@ pub fn run(
         messages.push(json!({"role": "system", "content": sys}));
     }
     eprintln!("ferrum chat: talking to {model} at {base}; /reset clears, /exit or Ctrl-D quits.");
-    let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
-        eprint!("> ");
-        line.clear();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            break;
-        }
-        let input = line.trim_end_matches(['\n', '\r']);
-        match input.trim() {
-            "" => continue,
-            "/exit" | "/quit" => break,
-            "/reset" => {
+        let input = match read_turn(&mut line)? {
+            Turn::Exit => break,
+            Turn::Reset => {
                 messages.retain(|m| m["role"] == "system");
                 continue;
             }
-            _ => {}
-        }
+            Turn::Message(text) => text,
+        };
         messages.push(json!({"role": "user", "content": input}));
         let mut body = json!({
             "model": model, "messages": messages, "stream": true,
