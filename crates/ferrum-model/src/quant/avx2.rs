@@ -16,6 +16,8 @@ use std::arch::x86_64::*;
 
 use crate::GgmlType;
 
+pub(super) mod panel;
+
 /// Reads an f16 and widens it with F16C (exact, same value as the scalar path).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -78,7 +80,9 @@ unsafe fn dot_u8i8(x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
 }
 
-/// Q4_1 weights x Q8_1 activations.
+/// Q4_1 weights x Q8_1 activations as a square register tile: the reference the panel kernels
+/// (`panel.rs`, used for Q4_1) are tested against bit for bit.
+#[cfg(test)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tile_q4_1<const R: usize, const C: usize>(
     nb: usize,
@@ -424,38 +428,8 @@ pub(super) unsafe fn matmul(
 ) {
     let nb = n / ty.block_size();
     match ty {
-        GgmlType::Q4_1 => drive!(
-            tile_q4_1,
-            4,
-            4,
-            [],
-            nb,
-            w,
-            ws,
-            nrows,
-            a,
-            as_,
-            ncols,
-            out,
-            os
-        ),
-        GgmlType::Q8_0 => {
-            drive!(
-                tile_q8,
-                4,
-                4,
-                [false],
-                nb,
-                w,
-                ws,
-                nrows,
-                a,
-                as_,
-                ncols,
-                out,
-                os
-            )
-        }
+        GgmlType::Q4_1 => panel::matmul(panel::Fmt::Q4_1, nb, w, ws, nrows, a, as_, ncols, out, os),
+        GgmlType::Q8_0 => panel::matmul(panel::Fmt::Q8_0, nb, w, ws, nrows, a, as_, ncols, out, os),
         GgmlType::Q4_0 => {
             drive!(
                 tile_q8,

@@ -116,8 +116,17 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut [u8]) {
         "programming error: quantize_row output size"
     );
     match ty {
-        GgmlType::Q8_0 => blocks::quantize_q8_0_or_1(x, out, false),
-        GgmlType::Q8_1 => blocks::quantize_q8_0_or_1(x, out, true),
+        GgmlType::Q8_0 | GgmlType::Q8_1 => {
+            let with_sum = ty == GgmlType::Q8_1;
+            match kernels().level {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 + FMA + F16C were detected for these levels; sizes checked above.
+                SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe {
+                    avx2::panel::quantize_q8(x, out, with_sum)
+                },
+                _ => blocks::quantize_q8_0_or_1(x, out, with_sum),
+            }
+        }
         GgmlType::Q8K => blocks::quantize_q8_k(x, out),
         GgmlType::F32 => {
             for (o, v) in out.chunks_exact_mut(4).zip(x) {

@@ -1,0 +1,345 @@
+//! Register-lean AVX2 kernels for the two weight types of the default model (Q4_1 and Q8_0),
+//! hand-written because they are most of the run time.
+//!
+//! AVX2 has 16 vector registers, and a square register tile (4x4 accumulators plus weights,
+//! scales and per-pair scalar sums) spills on every block. These kernels keep only what the
+//! inner loop needs in registers:
+//!
+//! - **Several activation rows** (`ncols >= 2`): activation rows go 8 at a time. Their block
+//!   scales are widened once into an f32 panel `[block][8]`; then, for each weight row, a
+//!   vector pre-pass computes the 8 per-pair scale products `d_w * d_a` of a chunk of blocks
+//!   (and, for Q4_1, the 8 running sums of `m_w * s_a`), and the main pass does only the integer
+//!   dot, its conversion and one FMA per pair, with the scale broadcast from L1.
+//! - **One activation row** (decode): 4 weight rows at a time; each row's `(d, m)` pair is
+//!   multiplied by the activation's `(d, s)` in one 2-lane multiply.
+//!
+//! Every (weight row, activation row) pair still runs ggml's exact sequence: 8-lane
+//! accumulators `acc = fma(d_w * d_a, float(int dot of 4-byte groups), acc)` in block order,
+//! `summ = summ + m_w * s_a` (Q4_1) in block order, then `hsum8(acc) + summ`. So the results are
+//! bitwise those of `tile_q4_1` / `tile_q8` and of llama.cpp, whatever the batch.
+
+// Lanes and pairs are indexed explicitly; iterator chains would obscure the register layout.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use super::{hsum8, ld_f16, ld_f16x2, nib32};
+
+/// Blocks whose scale products one pre-pass computes (the scratch is `8 * CHUNK` floats).
+const CHUNK: usize = 64;
+/// Activation rows per panel (one f32 lane each).
+const LANES: usize = 8;
+
+thread_local! {
+    /// Per-thread activation scale panel, grown on first use and then reused, so the step
+    /// loop does not allocate.
+    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Dispatches `$f::<C>` for a runtime column count 1..=8.
+macro_rules! cols_call {
+    ($f:ident, $cc:expr, $args:tt) => {
+        match $cc {
+            1 => $f::<1> $args,
+            2 => $f::<2> $args,
+            3 => $f::<3> $args,
+            4 => $f::<4> $args,
+            5 => $f::<5> $args,
+            6 => $f::<6> $args,
+            7 => $f::<7> $args,
+            _ => $f::<8> $args,
+        }
+    };
+}
+
+/// Σ over 4-byte groups of unsigned `x` times signed `y`, as 8 floats (exact integers).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_groups(x: __m256i, y: __m256i, ones: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(x, y), ones))
+}
+
+/// Which weight format a panel kernel runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(in crate::quant) enum Fmt {
+    /// Q4_1 weights (20-byte blocks) x Q8_1 activations (36-byte blocks).
+    Q4_1,
+    /// Q8_0 weights (34-byte blocks) x Q8_0 activations (34-byte blocks).
+    Q8_0,
+}
+
+impl Fmt {
+    fn w_block(self) -> usize {
+        match self {
+            Fmt::Q4_1 => 20,
+            Fmt::Q8_0 => 34,
+        }
+    }
+    fn a_block(self) -> usize {
+        match self {
+            Fmt::Q4_1 => 36,
+            Fmt::Q8_0 => 34,
+        }
+    }
+    /// Offset of the quants inside an activation block.
+    fn a_q(self) -> usize {
+        match self {
+            Fmt::Q4_1 => 4,
+            Fmt::Q8_0 => 2,
+        }
+    }
+}
+
+/// `out[c * os + r] = dot(weight row r, activation row c)`; see the module docs.
+///
+/// Safety: AVX2 + FMA + F16C; `w` covers `nrows` rows of stride `ws`, `a` covers `ncols` rows
+/// of stride `as_`, `out` covers every written index.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(in crate::quant) unsafe fn matmul(
+    fmt: Fmt,
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nrows: usize,
+    a: *const u8,
+    as_: usize,
+    ncols: usize,
+    out: *mut f32,
+    os: usize,
+) {
+    if ncols == 1 {
+        let mut r0 = 0;
+        while r0 + 4 <= nrows {
+            gemv::<4>(fmt, nb, w.add(r0 * ws), ws, a, out.add(r0));
+            r0 += 4;
+        }
+        while r0 < nrows {
+            gemv::<1>(fmt, nb, w.add(r0 * ws), ws, a, out.add(r0));
+            r0 += 1;
+        }
+        return;
+    }
+    PANEL.with(|panel| {
+        let mut panel = panel.borrow_mut();
+        if panel.len() < 2 * LANES * nb {
+            panel.resize(2 * LANES * nb, 0.0);
+        }
+        let (pd, ps) = panel.split_at_mut(LANES * nb);
+        let mut c0 = 0;
+        while c0 < ncols {
+            let cc = (ncols - c0).min(LANES);
+            // Widen the activation scales of these columns once for all weight rows.
+            for b in 0..nb {
+                for c in 0..LANES {
+                    let (d, s) = if c < cc {
+                        let p = a.add((c0 + c) * as_ + b * fmt.a_block());
+                        match fmt {
+                            Fmt::Q4_1 => ld_f16x2(p),
+                            Fmt::Q8_0 => (ld_f16(p), 0.0),
+                        }
+                    } else {
+                        (0.0, 0.0)
+                    };
+                    pd[b * LANES + c] = d;
+                    ps[b * LANES + c] = s;
+                }
+            }
+            let ac = a.add(c0 * as_);
+            for r in 0..nrows {
+                let (wr, o) = (w.add(r * ws), out.add(c0 * os + r));
+                let (pd, ps) = (pd.as_ptr(), ps.as_ptr());
+                match fmt {
+                    Fmt::Q4_1 => cols_call!(row_q4_1, cc, (nb, wr, ac, as_, pd, ps, o, os)),
+                    Fmt::Q8_0 => cols_call!(row_q8_0, cc, (nb, wr, ac, as_, pd, o, os)),
+                }
+            }
+            c0 += cc;
+        }
+    });
+}
+
+/// One Q4_1 weight row against `C` (<= 8) Q8_1 activation rows whose scales are in the panel.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_q4_1<const C: usize>(
+    nb: usize,
+    w: *const u8,
+    a: *const u8,
+    as_: usize,
+    pd: *const f32,
+    ps: *const f32,
+    out: *mut f32,
+    os: usize,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); C];
+    let mut summ = _mm256_setzero_ps();
+    let mut sc = [0f32; LANES * CHUNK];
+    let mut b0 = 0;
+    while b0 < nb {
+        let m = (nb - b0).min(CHUNK);
+        for i in 0..m {
+            let b = b0 + i;
+            let (d, mn) = ld_f16x2(w.add(b * 20));
+            let prod = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_loadu_ps(pd.add(b * LANES)));
+            _mm256_storeu_ps(sc.as_mut_ptr().add(i * LANES), prod);
+            let mprod = _mm256_mul_ps(_mm256_set1_ps(mn), _mm256_loadu_ps(ps.add(b * LANES)));
+            summ = _mm256_add_ps(summ, mprod);
+        }
+        for i in 0..m {
+            let b = b0 + i;
+            let wq = nib32(w.add(b * 20 + 4));
+            for c in 0..C {
+                let aq = _mm256_loadu_si256(a.add(c * as_ + b * 36 + 4).cast());
+                let s = _mm256_set1_ps(sc[i * LANES + c]);
+                acc[c] = _mm256_fmadd_ps(s, dot_groups(wq, aq, ones), acc[c]);
+            }
+        }
+        b0 += m;
+    }
+    let mut sm = [0f32; LANES];
+    _mm256_storeu_ps(sm.as_mut_ptr(), summ);
+    for c in 0..C {
+        *out.add(c * os) = hsum8(acc[c]) + sm[c];
+    }
+}
+
+/// One Q8_0 weight row against `C` (<= 8) Q8_0 activation rows whose scales are in the panel.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_q8_0<const C: usize>(
+    nb: usize,
+    w: *const u8,
+    a: *const u8,
+    as_: usize,
+    pd: *const f32,
+    out: *mut f32,
+    os: usize,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); C];
+    let mut sc = [0f32; LANES * CHUNK];
+    let mut b0 = 0;
+    while b0 < nb {
+        let m = (nb - b0).min(CHUNK);
+        for i in 0..m {
+            let b = b0 + i;
+            let d = ld_f16(w.add(b * 34));
+            let prod = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_loadu_ps(pd.add(b * LANES)));
+            _mm256_storeu_ps(sc.as_mut_ptr().add(i * LANES), prod);
+        }
+        for i in 0..m {
+            let b = b0 + i;
+            let wq = _mm256_loadu_si256(w.add(b * 34 + 2).cast());
+            let wabs = _mm256_sign_epi8(wq, wq);
+            for c in 0..C {
+                let aq = _mm256_loadu_si256(a.add(c * as_ + b * 34 + 2).cast());
+                let s = _mm256_set1_ps(sc[i * LANES + c]);
+                let q = dot_groups(wabs, _mm256_sign_epi8(aq, wq), ones);
+                acc[c] = _mm256_fmadd_ps(s, q, acc[c]);
+            }
+        }
+        b0 += m;
+    }
+    for c in 0..C {
+        *out.add(c * os) = hsum8(acc[c]);
+    }
+}
+
+/// `R` weight rows against one activation row (decode).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv<const R: usize>(
+    fmt: Fmt,
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    out: *mut f32,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    // Lane 1 of each is the row's running `m_w * s_a` sum (Q4_1); lane 0 is scratch.
+    let mut summ = [_mm_setzero_ps(); R];
+    let (wb, ab, aq_off) = (fmt.w_block(), fmt.a_block(), fmt.a_q());
+    for b in 0..nb {
+        let ap = a.add(b * ab);
+        let aq = _mm256_loadu_si256(ap.add(aq_off).cast());
+        match fmt {
+            Fmt::Q4_1 => {
+                let ads = _mm_cvtph_ps(_mm_cvtsi32_si128(ap.cast::<i32>().read_unaligned()));
+                for r in 0..R {
+                    let p = w.add(r * ws + b * wb);
+                    let wdm = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
+                    let prod = _mm_mul_ps(wdm, ads);
+                    summ[r] = _mm_add_ps(summ[r], prod);
+                    let s = _mm256_broadcastss_ps(prod);
+                    acc[r] = _mm256_fmadd_ps(s, dot_groups(nib32(p.add(4)), aq, ones), acc[r]);
+                }
+            }
+            Fmt::Q8_0 => {
+                let ad = ld_f16(ap);
+                for r in 0..R {
+                    let p = w.add(r * ws + b * wb);
+                    let s = _mm256_set1_ps(ld_f16(p) * ad);
+                    let wq = _mm256_loadu_si256(p.add(2).cast());
+                    let q = dot_groups(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq), ones);
+                    acc[r] = _mm256_fmadd_ps(s, q, acc[r]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        let m = match fmt {
+            Fmt::Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(summ[r])),
+            Fmt::Q8_0 => 0.0,
+        };
+        *out.add(r) = hsum8(acc[r]) + m;
+    }
+}
+
+/// Quantizes `x` to Q8_0 (`with_sum == false`) or Q8_1 blocks with ggml's AVX2 sequence
+/// (`id = 127 / amax`, `round(x * id)` to nearest even); bitwise equal to the scalar quantizer.
+///
+/// Safety: AVX2 + FMA + F16C; `x.len()` is a multiple of 32 and `out` holds its blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(in crate::quant) unsafe fn quantize_q8(x: &[f32], out: &mut [u8], with_sum: bool) {
+    let (bsz, qoff) = if with_sum { (36, 4) } else { (34, 2) };
+    let sign = _mm256_set1_ps(-0.0);
+    for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(bsz)) {
+        let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(xb.as_ptr().add(i)));
+        let mut mx = _mm256_andnot_ps(sign, v[0]);
+        for vi in &v[1..] {
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, *vi));
+        }
+        let m4 = _mm_max_ps(_mm256_extractf128_ps(mx, 1), _mm256_castps256_ps128(mx));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        let amax = _mm_cvtss_f32(m4);
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let idv = _mm256_set1_ps(id);
+        let q = v.map(|vi| {
+            _mm256_cvtps_epi32(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(_mm256_mul_ps(vi, idv)))
+        });
+        // Pack 4x8 i32 to 32 i8 (saturation never triggers: |q| <= 127) and undo the lane
+        // interleave of the 256-bit packs.
+        let p16a = _mm256_packs_epi32(q[0], q[1]);
+        let p16b = _mm256_packs_epi32(q[2], q[3]);
+        let p8 = _mm256_packs_epi16(p16a, p16b);
+        let p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(ob.as_mut_ptr().add(qoff).cast(), p8);
+        ob[..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+        if with_sum {
+            let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s4 = _mm_add_epi32(_mm256_extracti128_si256(s, 1), _mm256_castsi256_si128(s));
+            let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+            let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b10_11_00_01));
+            let sum = _mm_cvtsi128_si32(s4);
+            ob[2..4].copy_from_slice(&half::f16::from_f32(d * sum as f32).to_bits().to_le_bytes());
+        }
+    }
+}
