@@ -250,8 +250,10 @@ thread_local! {
     static ATTN: std::cell::RefCell<AttnScratch> = std::cell::RefCell::new(AttnScratch::default());
 }
 
-/// Rows of weights per matmul tile: small enough to stay in L1 while all columns stream past.
+/// Granularity of the row split between threads.
 const TILE_ROWS: usize = 32;
+/// Most weight rows per kernel call (bounds the per-thread output tile).
+const CALL_ROWS: usize = 1024;
 /// Activation columns per matmul tile.
 const TILE_COLS: usize = 64;
 
@@ -587,6 +589,9 @@ fn quantize_rows<'a>(
 }
 
 /// `out[c][r] = W[r] . act[c]` for `t` activation rows, split by weight rows across threads.
+/// Each thread hands the kernels up to [`CALL_ROWS`] rows and [`TILE_COLS`] columns per call
+/// (the kernels block for cache themselves), so per-call set-up such as widening activation
+/// scales is paid once per call, not once per register tile.
 fn matmul(pool: &ThreadPool, k: &Kernels, w: &QMatrix, acts: &[u8], t: usize, out: &mut [f32]) {
     let a_rb = acts.len() / t.max(1);
     let outp = SharedOut(out.as_mut_ptr());
@@ -595,10 +600,10 @@ fn matmul(pool: &ThreadPool, k: &Kernels, w: &QMatrix, acts: &[u8], t: usize, ou
         let my = split_range(rows, tid, nt, TILE_ROWS);
         TILE.with(|tile| {
             let mut tile = tile.borrow_mut();
-            grow(&mut tile, TILE_ROWS * TILE_COLS);
+            grow(&mut tile, CALL_ROWS * TILE_COLS);
             let mut r0 = my.start;
             while r0 < my.end {
-                let nr = TILE_ROWS.min(my.end - r0);
+                let nr = CALL_ROWS.min(my.end - r0);
                 let wb = &w.bytes()[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
                 let mut c0 = 0;
                 while c0 < t {
@@ -614,10 +619,11 @@ fn matmul(pool: &ThreadPool, k: &Kernels, w: &QMatrix, acts: &[u8], t: usize, ou
                         nr,
                     );
                     for c in 0..nc {
-                        for r in 0..nr {
-                            // SAFETY: rows r0..r0+nr belong to this thread alone.
-                            unsafe { *outp.ptr().add((c0 + c) * rows + r0 + r) = tile[c * nr + r] };
-                        }
+                        // SAFETY: rows r0..r0+nr belong to this thread alone.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(outp.ptr().add((c0 + c) * rows + r0), nr)
+                        };
+                        dst.copy_from_slice(&tile[c * nr..(c + 1) * nr]);
                     }
                     c0 += nc;
                 }
@@ -723,12 +729,8 @@ fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn fast(gate: &mut [f32], up: &[f32]) {
-            body(gate, up)
-        }
         // SAFETY: AVX2 and FMA were detected at run time.
-        unsafe { fast(gate, up) };
+        unsafe { crate::attention::swiglu_avx2(gate, up) };
         return;
     }
     body(gate, up)

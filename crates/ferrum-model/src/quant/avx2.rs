@@ -63,10 +63,11 @@ unsafe fn nib32(p: *const u8) -> __m256i {
     _mm256_and_si256(v, _mm256_set1_epi8(0xF))
 }
 
-/// Horizontal sum of 8 floats in a fixed order.
+/// Horizontal sum of 8 floats in a fixed order. Only needs AVX, so every AVX2 caller (the
+/// attention loops are compiled without F16C) can inline it.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn hsum8(v: __m256) -> f32 {
+#[target_feature(enable = "avx")]
+pub(crate) unsafe fn hsum8(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));

@@ -69,6 +69,9 @@ macro_rules! drive {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+/// The 8-lane halving-tree sum the kernels use, for other hand-vectorized loops.
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::hsum8 as hsum8_avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod blocks;

@@ -23,6 +23,7 @@
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use super::{hsum8, ld_f16, ld_f16x2, nib32};
 
@@ -30,6 +31,8 @@ use super::{hsum8, ld_f16, ld_f16x2, nib32};
 const CHUNK: usize = 64;
 /// Activation rows per panel (one f32 lane each).
 const LANES: usize = 8;
+/// Weight rows that every column group visits before the next rows (cache blocking).
+const ROW_TILE: usize = 32;
 
 thread_local! {
     /// Per-thread activation scale panel, grown on first use and then reused, so the step
@@ -123,18 +126,20 @@ pub(in crate::quant) unsafe fn matmul(
     }
     PANEL.with(|panel| {
         let mut panel = panel.borrow_mut();
-        if panel.len() < 2 * LANES * nb {
-            panel.resize(2 * LANES * nb, 0.0);
+        let groups = ncols.div_ceil(LANES);
+        let per_group = 2 * LANES * nb;
+        if panel.len() < groups * per_group {
+            panel.resize(groups * per_group, 0.0);
         }
-        let (pd, ps) = panel.split_at_mut(LANES * nb);
-        let mut c0 = 0;
-        while c0 < ncols {
-            let cc = (ncols - c0).min(LANES);
-            // Widen the activation scales of these columns once for all weight rows.
+        // Widen every activation row's block scales once for all weight rows: group `g` holds
+        // `d` then `s` (Q4_1) as `[block][lane]` for columns `8g..8g + 8`, zero past `ncols`.
+        for g in 0..groups {
+            let (pd, ps) = panel[g * per_group..(g + 1) * per_group].split_at_mut(LANES * nb);
             for b in 0..nb {
-                for c in 0..LANES {
-                    let (d, s) = if c < cc {
-                        let p = a.add((c0 + c) * as_ + b * fmt.a_block());
+                for l in 0..LANES {
+                    let c = g * LANES + l;
+                    let (d, s) = if c < ncols {
+                        let p = a.add(c * as_ + b * fmt.a_block());
                         match fmt {
                             Fmt::Q4_1 => ld_f16x2(p),
                             Fmt::Q8_0 => (ld_f16(p), 0.0),
@@ -142,20 +147,29 @@ pub(in crate::quant) unsafe fn matmul(
                     } else {
                         (0.0, 0.0)
                     };
-                    pd[b * LANES + c] = d;
-                    ps[b * LANES + c] = s;
+                    pd[b * LANES + l] = d;
+                    ps[b * LANES + l] = s;
                 }
             }
-            let ac = a.add(c0 * as_);
-            for r in 0..nrows {
-                let (wr, o) = (w.add(r * ws), out.add(c0 * os + r));
-                let (pd, ps) = (pd.as_ptr(), ps.as_ptr());
-                match fmt {
-                    Fmt::Q4_1 => cols_call!(row_q4_1, cc, (nb, wr, ac, as_, pd, ps, o, os)),
-                    Fmt::Q8_0 => cols_call!(row_q8_0, cc, (nb, wr, ac, as_, pd, o, os)),
+        }
+        // Row tiles small enough to stay in L1 while every column group passes over them.
+        let mut r0 = 0;
+        while r0 < nrows {
+            let r1 = (r0 + ROW_TILE).min(nrows);
+            for g in 0..groups {
+                let (c0, cc) = (g * LANES, (ncols - g * LANES).min(LANES));
+                let pd = panel.as_ptr().add(g * per_group);
+                let ps = pd.add(LANES * nb);
+                let ac = a.add(c0 * as_);
+                for r in r0..r1 {
+                    let (wr, o) = (w.add(r * ws), out.add(c0 * os + r));
+                    match fmt {
+                        Fmt::Q4_1 => cols_call!(row_q4_1, cc, (nb, wr, ac, as_, pd, ps, o, os)),
+                        Fmt::Q8_0 => cols_call!(row_q8_0, cc, (nb, wr, ac, as_, pd, o, os)),
+                    }
                 }
             }
-            c0 += cc;
+            r0 = r1;
         }
     });
 }
@@ -176,7 +190,9 @@ unsafe fn row_q4_1<const C: usize>(
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); C];
     let mut summ = _mm256_setzero_ps();
-    let mut sc = [0f32; LANES * CHUNK];
+    // Scale products of this chunk; written before read (no zeroing on the hot path).
+    let mut sc = [const { MaybeUninit::<f32>::uninit() }; LANES * CHUNK];
+    let scp = sc.as_mut_ptr().cast::<f32>();
     let mut b0 = 0;
     while b0 < nb {
         let m = (nb - b0).min(CHUNK);
@@ -184,7 +200,7 @@ unsafe fn row_q4_1<const C: usize>(
             let b = b0 + i;
             let (d, mn) = ld_f16x2(w.add(b * 20));
             let prod = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_loadu_ps(pd.add(b * LANES)));
-            _mm256_storeu_ps(sc.as_mut_ptr().add(i * LANES), prod);
+            _mm256_storeu_ps(scp.add(i * LANES), prod);
             let mprod = _mm256_mul_ps(_mm256_set1_ps(mn), _mm256_loadu_ps(ps.add(b * LANES)));
             summ = _mm256_add_ps(summ, mprod);
         }
@@ -193,7 +209,7 @@ unsafe fn row_q4_1<const C: usize>(
             let wq = nib32(w.add(b * 20 + 4));
             for c in 0..C {
                 let aq = _mm256_loadu_si256(a.add(c * as_ + b * 36 + 4).cast());
-                let s = _mm256_set1_ps(sc[i * LANES + c]);
+                let s = _mm256_set1_ps(*scp.add(i * LANES + c));
                 acc[c] = _mm256_fmadd_ps(s, dot_groups(wq, aq, ones), acc[c]);
             }
         }
@@ -220,7 +236,9 @@ unsafe fn row_q8_0<const C: usize>(
 ) {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); C];
-    let mut sc = [0f32; LANES * CHUNK];
+    // Scale products of this chunk; written before read (no zeroing on the hot path).
+    let mut sc = [const { MaybeUninit::<f32>::uninit() }; LANES * CHUNK];
+    let scp = sc.as_mut_ptr().cast::<f32>();
     let mut b0 = 0;
     while b0 < nb {
         let m = (nb - b0).min(CHUNK);
@@ -228,7 +246,7 @@ unsafe fn row_q8_0<const C: usize>(
             let b = b0 + i;
             let d = ld_f16(w.add(b * 34));
             let prod = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_loadu_ps(pd.add(b * LANES)));
-            _mm256_storeu_ps(sc.as_mut_ptr().add(i * LANES), prod);
+            _mm256_storeu_ps(scp.add(i * LANES), prod);
         }
         for i in 0..m {
             let b = b0 + i;
@@ -236,7 +254,7 @@ unsafe fn row_q8_0<const C: usize>(
             let wabs = _mm256_sign_epi8(wq, wq);
             for c in 0..C {
                 let aq = _mm256_loadu_si256(a.add(c * as_ + b * 34 + 2).cast());
-                let s = _mm256_set1_ps(sc[i * LANES + c]);
+                let s = _mm256_set1_ps(*scp.add(i * LANES + c));
                 let q = dot_groups(wabs, _mm256_sign_epi8(aq, wq), ones);
                 acc[c] = _mm256_fmadd_ps(s, q, acc[c]);
             }
