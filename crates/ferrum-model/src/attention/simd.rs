@@ -208,7 +208,7 @@ mod tests {
             -103.9,
             1e-30,
         ]);
-        while xs.len() % 8 != 0 {
+        while !xs.len().is_multiple_of(8) {
             xs.push(0.5);
         }
         for ch in xs.chunks_exact(8) {
