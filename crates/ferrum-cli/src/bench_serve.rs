@@ -180,6 +180,11 @@ fn workload(a: &ServeBenchArgs) -> Result<Vec<ServeItem>> {
     Ok(items)
 }
 
+fn dataset_name(d: ServeDataset) -> String {
+    d.to_possible_value()
+        .map_or_else(|| format!("{d:?}"), |v| v.get_name().to_string())
+}
+
 /// Runs `ferrum bench serve`.
 pub fn run(a: ServeBenchArgs) -> Result<()> {
     let items = workload(&a)?;
@@ -217,22 +222,26 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
         .map_or_else(|| "inf".to_string(), |r| r.to_string());
     if let Some(path) = &a.plot {
         let title = format!(
-            "{} {:?}: {} requests, concurrency {concurrency}, rate {rate}/s",
-            run.model, a.dataset, run.report.completed
+            "{} {}: {} requests, concurrency {concurrency}, rate {rate}/s",
+            run.model,
+            dataset_name(a.dataset),
+            run.report.completed
         );
         plot::latency_chart(&run.records, &title, path)?;
     }
     if a.json {
         let mut j = run.report.to_json();
         j["model"] = json!(run.model);
-        j["dataset"] = json!(format!("{:?}", a.dataset).to_lowercase());
+        j["dataset"] = json!(dataset_name(a.dataset));
         j["concurrency"] = json!(concurrency);
         j["request_rate"] = json!(a.request_rate);
         println!("{j}");
     } else {
         println!(
-            "{} at {}: {:?}, concurrency {concurrency}, request rate {rate}/s",
-            run.model, a.url, a.dataset
+            "{} at {}: {}, concurrency {concurrency}, request rate {rate}/s",
+            run.model,
+            a.url,
+            dataset_name(a.dataset)
         );
         print!("{}", run.report.to_table());
     }

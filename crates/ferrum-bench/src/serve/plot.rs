@@ -56,6 +56,14 @@ fn ecdf(mut xs: Vec<f64>) -> Vec<(f64, f64)> {
         .collect()
 }
 
+fn fmt_ms(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> BenchError {
     BenchError::Plot(e.to_string())
 }
