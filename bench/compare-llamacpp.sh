@@ -171,7 +171,9 @@ figs = []
 for line in sys.stdin:
     n, f, l = line.split()
     f, l = float(f), float(l)
-    figs.append({"name": n, "ferrum": f, "llamacpp": l, "ratio": f / l if l else None})
+    unit = "MiB" if n.startswith("peak_rss") else "s" if n.endswith("_s") else "tok/s"
+    figs.append({"name": n, "ferrum": f, "llamacpp": l, "ratio": f / l if l else None,
+                 "unit": unit})
 if json_out == "1":
     print(json.dumps({"figures": figs, "memory_bandwidth_gbs": float(bw),
                       "decode_b1_bound_tok_s": float(bound), "threads": int(threads),
