@@ -26,6 +26,8 @@
 #   LLAMACPP_CACHE (~/.cache/ferrum/llamacpp) LLAMACPP_SRC (an unpacked llama_cpp_python-0.3.36)
 #   LLAMACPP_BUILD (a cmake build dir with the three tools; default $LLAMACPP_CACHE/build)
 #   FERRUM_PORT (18480) LLAMA_PORT (18481)
+#   Smoke-test sizes (the figures keep their names): NPP (512) NGEN (128) B16_PP (128)
+#   B16_GEN (128) OUT_SHAREGPT (128) OUT_PREFIX (64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=0
@@ -35,6 +37,12 @@ runs=${RUNS:-3}
 nprompts=${NUM_PROMPTS:-64}
 conc=${CONCURRENCY:-16}
 ctx=${CTX:-32768}
+npp=${NPP:-512}
+ngen=${NGEN:-128}
+b16pp=${B16_PP:-128}
+b16gen=${B16_GEN:-128}
+out_sg=${OUT_SHAREGPT:-128}
+out_px=${OUT_PREFIX:-64}
 fport=${FERRUM_PORT:-18480}
 lport=${LLAMA_PORT:-18481}
 cache=${LLAMACPP_CACHE:-$HOME/.cache/ferrum/llamacpp}
@@ -98,12 +106,12 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 serve_runs() { # engine-map url pid
   local map=$1 url=$2 pid=$3 out
   out=$("$ferrum" bench serve --url "$url" --dataset sharegpt --num-prompts "$nprompts" \
-        --concurrency "$conc" --output-len 128 --max-prompt-chars 2000 --json)
+        --concurrency "$conc" --output-len "$out_sg" --max-prompt-chars 2000 --json)
   add "$map" serve_sharegpt_c16 "$(echo "$out" | jget '["output_tokens_per_s"]')"
   add "$map" serve_sharegpt_c16_ttft_p50_s "$(echo "$out" | jget '["ttft_p50_s"]')"
   log "  sharegpt: $(echo "$out" | jget '["completed"]') done, $(echo "$out" | jget '["failed"]') failed, $(echo "$out" | jget '["output_tokens_per_s"]') tok/s"
   out=$("$ferrum" bench serve --url "$url" --dataset shared-prefix --groups 1 --prefix-len 550 \
-        --suffix-len 32 --num-prompts "$nprompts" --concurrency "$conc" --output-len 64 --json)
+        --suffix-len 32 --num-prompts "$nprompts" --concurrency "$conc" --output-len "$out_px" --json)
   add "$map" serve_shared_prefix_c16 "$(echo "$out" | jget '["output_tokens_per_s"]')"
   add "$map" serve_shared_prefix_c16_ttft_p50_s "$(echo "$out" | jget '["ttft_p50_s"]')"
   add "$map" serve_shared_prefix_c16_ttft_p99_s "$(echo "$out" | jget '["ttft_p99_s"]')"
@@ -111,20 +119,20 @@ serve_runs() { # engine-map url pid
   add "$map" peak_rss_c16 "$(awk '/VmHWM/ {print $2/1024}' "/proc/$pid/status")"
 }
 
-# A prompt of exactly 512 tokens of random ids, as llama-bench uses.
-prompt=$(python3 -c "import random; random.seed(1); print(' '.join(str(random.randrange(100, 49000)) for _ in range(512)))")
+# A prompt of exactly $npp tokens of random ids, as llama-bench uses.
+prompt=$(python3 -c "import random; random.seed(1); print(' '.join(str(random.randrange(100, 49000)) for _ in range($npp)))")
 
 ferrum_round() {
   local out t1 t129
-  out=$("$ferrum" generate --model "$model" -t "$threads" --temperature 0 --ignore-eos -n 129 \
+  out=$("$ferrum" generate --model "$model" -t "$threads" --temperature 0 --ignore-eos -n $((ngen + 1)) \
         --prompt-ids "$prompt" --json)
   add F prefill_512 "$(echo "$out" | jget '["prompt_tokens_per_s"]')"
   add F decode_b1 "$(echo "$out" | jget '["decode_tokens_per_s"]')"
   local off=("$ferrum" bench offline --model "$model" -t "$threads" --dataset random --num-prompts 16
-             --input-len 128 --range-ratio 0 --max-running 16 --json)
+             --input-len "$b16pp" --range-ratio 0 --max-running 16 --json)
   t1=$("${off[@]}" --output-len 1 2>/dev/null | jget '["elapsed_s"]')
-  t129=$("${off[@]}" --output-len 129 2>/dev/null | jget '["elapsed_s"]')
-  add F decode_b16 "$(python3 -c "print(16 * 128 / max($t129 - $t1, 1e-9))")"
+  t129=$("${off[@]}" --output-len $((b16gen + 1)) 2>/dev/null | jget '["elapsed_s"]')
+  add F decode_b16 "$(python3 -c "print(16 * $b16gen / max($t129 - $t1, 1e-9))")"
   "$ferrum" serve --model "$model" -t "$threads" --port "$fport" --kv-cache-tokens "$ctx" \
     --max-model-len 2048 --max-running "$conc" 2>/dev/null &
   local pid=$!
@@ -135,11 +143,11 @@ ferrum_round() {
 
 llama_round() {
   local out
-  out=$("$bin/llama-bench" -m "$model" -t "$threads" -p 512 -n 0 -r 1 -o json 2>/dev/null)
+  out=$("$bin/llama-bench" -m "$model" -t "$threads" -p "$npp" -n 0 -r 1 -o json 2>/dev/null)
   add L prefill_512 "$(echo "$out" | jget '[0]["avg_ts"]')"
-  out=$("$bin/llama-bench" -m "$model" -t "$threads" -p 0 -n 128 -d 512 -r 1 -o json 2>/dev/null)
+  out=$("$bin/llama-bench" -m "$model" -t "$threads" -p 0 -n "$ngen" -d "$npp" -r 1 -o json 2>/dev/null)
   add L decode_b1 "$(echo "$out" | jget '[0]["avg_ts"]')"
-  out=$("$bin/llama-batched-bench" -m "$model" -t "$threads" -c 4096 -b 2048 -npp 128 -ntg 128 \
+  out=$("$bin/llama-batched-bench" -m "$model" -t "$threads" -c $((16 * (b16pp + b16gen) + 256)) -b 2048 -npp "$b16pp" -ntg "$b16gen" \
         -npl 16 --output-format jsonl 2>&1 | grep '^{"n_kv_max"' | tail -1)
   add L decode_b16 "$(echo "$out" | jget '["speed_tg"]')"
   "$bin/llama-server" -m "$model" -t "$threads" --port "$lport" -c "$ctx" -np "$conc" \
