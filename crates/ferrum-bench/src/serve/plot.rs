@@ -115,8 +115,10 @@ pub fn latency_chart(records: &[RequestRecord], title: &str, path: &Path) -> Res
                 format!("{name}: no samples")
             } else {
                 format!(
-                    "{name} (n={}): p50 {p50:.1} ms, p99 {p99:.1} ms",
-                    sorted.len()
+                    "{name} (n={}): p50 {} ms, p99 {} ms",
+                    sorted.len(),
+                    fmt_ms(p50),
+                    fmt_ms(p99)
                 )
             };
             b.caption(caption, ("sans-serif", 20))
