@@ -134,7 +134,7 @@ ferrum_round() {
   t129=$("${off[@]}" --output-len $((b16gen + 1)) 2>/dev/null | jget '["elapsed_s"]')
   add F decode_b16 "$(python3 -c "print(16 * $b16gen / max($t129 - $t1, 1e-9))")"
   "$ferrum" serve --model "$model" -t "$threads" --port "$fport" --kv-cache-tokens "$ctx" \
-    --max-model-len 2048 --max-running "$conc" 2>/dev/null &
+    --max-model-len 2048 --max-running "$conc" >/dev/null 2>&1 &
   local pid=$!
   wait_ready "http://127.0.0.1:$fport" "$pid"
   serve_runs F "http://127.0.0.1:$fport" "$pid"
