@@ -8,12 +8,17 @@
 //! - [`offline`]: pushes a list of [`BenchRequest`]s through a synchronous
 //!   [`ferrum_engine::Engine`] and reports throughput and cache counters.
 //!
+//! - [`serve`]: `ferrum bench serve`, a streaming load generator for any OpenAI-compatible
+//!   server (TTFT, TPOT, ITL, end-to-end latency; Poisson or closed-loop arrivals; a PNG of
+//!   the latency distributions).
+//!
 //! Workloads are token ids, not text: tokenization is passed in as a closure, so this crate
 //! needs neither a model nor a tokenizer and its tests are hermetic.
 #![deny(missing_docs)]
 
 pub mod offline;
 pub mod rng;
+pub mod serve;
 pub mod sharegpt;
 pub mod synthetic;
 
@@ -50,6 +55,12 @@ pub enum BenchError {
         /// The engine's reason.
         source: ferrum_engine::SubmitError,
     },
+    /// The server under test could not be reached or answered unexpectedly.
+    #[error("server: {0}")]
+    Server(String),
+    /// Drawing the latency chart failed.
+    #[error("plot: {0}")]
+    Plot(String),
     /// A request ended with a model error.
     #[error("request {index} failed: {msg}")]
     Failed {

@@ -21,6 +21,8 @@ use crate::load::{Loaded, ModelArgs};
 pub enum BenchCommand {
     /// Engine throughput with every request queued at once.
     Offline(OfflineArgs),
+    /// Latency and throughput of a running OpenAI-compatible server (ferrum, llama-server, ...).
+    Serve(crate::bench_serve::ServeBenchArgs),
 }
 
 /// Which workload to run.
@@ -102,6 +104,7 @@ pub struct OfflineArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Offline(a) => run_offline_cmd(a),
+        BenchCommand::Serve(a) => crate::bench_serve::run(a),
     }
 }
 

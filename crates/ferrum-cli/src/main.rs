@@ -2,6 +2,7 @@
 //! perplexity, managing models, serving and benchmarking.
 
 mod bench;
+mod bench_serve;
 mod generate;
 mod load;
 mod model_cmd;
@@ -34,7 +35,7 @@ enum Command {
     /// Fetch, list or inspect model files.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
-    /// Benchmarks (offline engine throughput).
+    /// Benchmarks (offline engine throughput, serving latency).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
