@@ -296,7 +296,9 @@ impl<R: ModelRunner> Engine<R> {
                 available: self.cfg.num_blocks,
             });
         }
-        if self.sched.num_waiting() >= self.cfg.max_waiting {
+        if self.sched.num_waiting() >= self.cfg.max_waiting
+            || !self.sched.accepts(req.tenant.as_deref())
+        {
             return Err(SubmitError::QueueFull(self.sched.num_waiting()));
         }
         let sampler = Sampler::new(req.params.clone(), &req.prompt)
@@ -456,6 +458,11 @@ impl<R: ModelRunner> Engine<R> {
             deferrals: c.deferrals,
             steps: self.steps,
         }
+    }
+
+    /// Per-tenant service counters and shares of the scheduling policy (empty for FCFS).
+    pub fn tenant_stats(&self) -> Vec<crate::fair::TenantStats> {
+        self.sched.tenant_stats()
     }
 
     /// Checks the scheduler's pool/cache accounting (tests and debug builds).

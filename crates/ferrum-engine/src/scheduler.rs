@@ -163,6 +163,7 @@ fn info(id: RequestId, s: &SeqState, hit: usize) -> RequestInfo<'_> {
         computed_tokens: s.computed,
         cache_hit_tokens: hit,
         preemptions: s.preemptions,
+        blocks: s.blocks.len(),
     }
 }
 
@@ -253,7 +254,18 @@ impl Scheduler {
                 preemptions: 0,
             },
         );
+        self.policy.on_arrive(&info(id, &self.seqs[&id], 0));
         self.waiting.push(id);
+    }
+
+    /// Whether the policy accepts one more queued request of `tenant` (per-tenant limits).
+    pub fn accepts(&self, tenant: Option<&str>) -> bool {
+        self.policy.accepts(tenant)
+    }
+
+    /// Per-tenant counters of the policy (empty unless it is a fairness policy).
+    pub fn tenant_stats(&self) -> Vec<crate::fair::TenantStats> {
+        self.policy.tenant_stats()
     }
 
     fn blocks_for(&self, tokens: usize) -> usize {
@@ -265,6 +277,12 @@ impl Scheduler {
         let mut out = Schedule::default();
         let mut budget = self.cfg.max_batched_tokens;
         let mut scheduled: HashSet<RequestId> = HashSet::new();
+        let infos: Vec<RequestInfo<'_>> = self
+            .running
+            .iter()
+            .map(|id| info(*id, &self.seqs[id], self.seqs[id].hit))
+            .collect();
+        self.policy.on_step(&infos, self.cfg.num_blocks);
         let mut order = self.running.clone();
         order.sort_by_key(|id| {
             let s = &self.seqs[id];
@@ -405,6 +423,7 @@ impl Scheduler {
             });
             self.waiting.retain(|w| *w != id);
             self.running.push(id);
+            self.policy.on_admit(&info(id, &self.seqs[&id], hit));
             *budget -= n;
         }
     }
@@ -441,6 +460,7 @@ impl Scheduler {
         );
         s.preemptions += 1;
         self.counters.preemptions += 1;
+        self.policy.on_preempt(&info(id, s, s.hit));
         self.running.retain(|r| *r != id);
         self.waiting.push(id);
     }
@@ -460,6 +480,13 @@ impl Scheduler {
             if self.cfg.enable_prefix_cache {
                 publish(&mut self.pool, &mut self.cache, s);
             }
+            let s = &self.seqs[&c.id];
+            let uncached_prompt = if s.preemptions == 0 { prefill } else { 0 };
+            self.policy.on_compute(
+                &info(c.id, s, s.hit),
+                uncached_prompt,
+                usize::from(c.needs_logits),
+            );
         }
     }
 
@@ -474,6 +501,7 @@ impl Scheduler {
     /// the cache is on), every other block it held is freed now. Returns its state.
     pub fn finish(&mut self, id: RequestId) -> Option<SeqState> {
         let mut s = self.seqs.remove(&id)?;
+        self.policy.on_finish(&info(id, &s, s.hit));
         release(
             &mut self.pool,
             &mut self.cache,
