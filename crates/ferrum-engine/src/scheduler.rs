@@ -67,6 +67,24 @@ pub struct SeqMeta {
     pub program: Option<String>,
     /// Prefix-cache partition (0 = shared).
     pub salt: u64,
+    /// Only this many leading tokens may be looked up in or published to the cache (a
+    /// tenant's public prefix shared under a common salt); `None` = all.
+    pub cache_limit: Option<usize>,
+}
+
+impl SeqState {
+    /// The tokens a cache lookup may match: all but the last (its logits are needed),
+    /// cut at the cache limit.
+    fn lookup(&self) -> &[u32] {
+        let n = self.tokens.len() - 1;
+        &self.tokens[..self.meta.cache_limit.map_or(n, |l| l.min(n))]
+    }
+
+    /// Computed full blocks that may be published to the cache.
+    fn publishable(&self, bs: usize) -> usize {
+        let limit = self.meta.cache_limit.unwrap_or(usize::MAX);
+        self.computed.min(limit) / bs
+    }
 }
 
 /// One request's scheduling state.
@@ -182,7 +200,7 @@ fn alloc(pool: &mut BlockPool, cache: &mut RadixCache, n: usize) -> Option<Vec<u
 /// Gives back a request's blocks: computed full blocks to the cache, the rest to the pool.
 fn release(pool: &mut BlockPool, cache: &mut RadixCache, use_cache: bool, s: &mut SeqState) {
     if use_cache {
-        let full = s.computed / cache.block_size();
+        let full = s.publishable(cache.block_size());
         let toks = &s.tokens[..full * cache.block_size()];
         for b in cache.insert(s.meta.salt, toks, &s.blocks[..full]) {
             pool.incref(b);
@@ -201,7 +219,7 @@ fn release(pool: &mut BlockPool, cache: &mut RadixCache, use_cache: bool, s: &mu
 /// moves its lock to the new end of the path (lock first, so nothing becomes evictable).
 fn publish(pool: &mut BlockPool, cache: &mut RadixCache, s: &mut SeqState) {
     let bs = cache.block_size();
-    let full = s.computed / bs;
+    let full = s.publishable(bs);
     if full <= s.on_path {
         return;
     }
@@ -364,8 +382,7 @@ impl Scheduler {
                 .map(|id| {
                     let s = &self.seqs[id];
                     let hit = if wants {
-                        let look = &s.tokens[..s.tokens.len() - 1];
-                        self.cache.peek_prefix(s.meta.salt, look)
+                        self.cache.peek_prefix(s.meta.salt, s.lookup())
                     } else {
                         0
                     };
@@ -387,8 +404,7 @@ impl Scheduler {
             }
             let s = self.seqs.get_mut(&id).expect("waiting request has state");
             let (hit_blocks, node) = if self.cfg.enable_prefix_cache {
-                let look = &s.tokens[..s.tokens.len() - 1];
-                let m = self.cache.match_prefix(s.meta.salt, look);
+                let m = self.cache.match_prefix(s.meta.salt, s.lookup());
                 self.cache.lock(m.node);
                 (m.blocks, Some(m.node))
             } else {
@@ -439,7 +455,7 @@ impl Scheduler {
         if s.deferred >= self.cfg.max_defer_steps {
             return false;
         }
-        let look = &s.tokens[..s.tokens.len() - 1];
+        let look = s.lookup();
         let want = self.cache.peek_prefix(s.meta.salt, look) + self.cfg.block_size;
         if want > look.len() {
             return false;
@@ -579,7 +595,7 @@ impl Scheduler {
             if s.on_path * self.cfg.block_size > s.computed {
                 return Err(format!("request {id} published blocks it has not computed"));
             }
-            if self.cfg.enable_prefix_cache && s.computed / self.cfg.block_size != s.on_path {
+            if self.cfg.enable_prefix_cache && s.publishable(self.cfg.block_size) != s.on_path {
                 return Err(format!(
                     "request {id} has computed full blocks not in the cache"
                 ));

@@ -241,3 +241,63 @@ fn returning_tenant_is_lifted_to_the_smallest_active_counter() {
     assert_eq!(st[0].virtual_counter, st[1].virtual_counter, "{st:?}");
     assert_eq!(st[1].virtual_counter, 110.0 + 10.0 + 1000.0);
 }
+
+/// Runs one request to completion; returns the prompt tokens it got from the cache.
+fn cached_tokens(e: &mut Engine<FakeRunner>, tenant: &str, prompt: Vec<u32>) -> usize {
+    let r = Request {
+        tenant: Some(tenant.into()),
+        ..Request::new(prompt, 2)
+    };
+    let id = e.submit(r).expect("fits");
+    let mut cached = None;
+    while e.has_work() {
+        e.step();
+        e.check_invariants().expect("invariants");
+        for (rid, ev) in e.drain_events() {
+            if let (true, crate::Event::Finished { usage, .. }) = (rid == id, ev) {
+                cached = Some(usage.cached_tokens);
+            }
+        }
+    }
+    cached.expect("finished")
+}
+
+fn salted_engine(public: &[(&str, Vec<u32>)]) -> Engine<FakeRunner> {
+    let mut c = EngineConfig {
+        enable_prefix_cache: true,
+        cache_salt_by_tenant: true,
+        ..cfg()
+    };
+    for (t, p) in public {
+        c.public_prefixes
+            .entry(t.to_string())
+            .or_default()
+            .push(p.clone());
+    }
+    engine(c, fair(vec![]))
+}
+
+#[test]
+fn identical_prompt_hits_only_its_own_tenants_cache() {
+    let mut e = salted_engine(&[]);
+    let p = sim::prompt(3, 0, 33, 1, 199);
+    assert_eq!(cached_tokens(&mut e, "a", p.clone()), 0);
+    assert_eq!(
+        cached_tokens(&mut e, "b", p.clone()),
+        0,
+        "no hit across tenants"
+    );
+    assert_eq!(cached_tokens(&mut e, "a", p.clone()), 32, "own tenant hits");
+}
+
+#[test]
+fn declared_public_prefix_is_shared_but_the_private_rest_is_not() {
+    let public = sim::prompt(4, 0, 18, 1, 199);
+    let mut e = salted_engine(&[("a", public.clone()), ("b", public.clone())]);
+    let with = |seed| [public.clone(), sim::prompt(5, seed, 15, 1, 199)].concat();
+    assert_eq!(cached_tokens(&mut e, "a", with(0)), 0);
+    // b shares the prefix's full blocks (16 of 18 tokens), nothing of a's suffix.
+    assert_eq!(cached_tokens(&mut e, "b", with(0)), 16);
+    // c did not declare the prefix: its own partition.
+    assert_eq!(cached_tokens(&mut e, "c", with(0)), 0);
+}
