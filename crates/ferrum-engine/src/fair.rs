@@ -33,6 +33,7 @@
 
 use std::collections::HashMap;
 
+pub mod scenario;
 pub mod sim;
 
 use crate::policy::{RequestInfo, SchedulingPolicy};

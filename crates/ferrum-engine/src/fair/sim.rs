@@ -5,7 +5,8 @@
 //! new one as soon as one finishes. Service is measured from the outside, from the events:
 //! `w_in * prompt tokens` when a request's first token arrives (prompts are distinct random
 //! tokens, so nothing is cached) plus `w_out` per generated token. Time is counted in engine
-//! steps (deterministic) and in wall-clock seconds.
+//! steps (deterministic) and in wall-clock seconds; a request still waiting for its first
+//! token at the end counts with the time it has waited.
 
 use std::time::Instant;
 
@@ -71,6 +72,19 @@ pub struct ClientReport {
     pub ttft_steps: Vec<u64>,
     /// Time to first token of each request that got one, in seconds.
     pub ttft_s: Vec<f64>,
+    /// Step at which each of those requests was submitted.
+    pub ttft_submitted: Vec<u64>,
+}
+
+impl ClientReport {
+    /// TTFTs (steps, seconds) of requests submitted at or after step `from`.
+    pub fn ttft_since(&self, from: u64) -> (Vec<f64>, Vec<f64>) {
+        let keep = |i: usize| self.ttft_submitted.get(i).is_some_and(|&s| s >= from);
+        let steps = (0..self.ttft_steps.len()).filter(|&i| keep(i));
+        let steps = steps.map(|i| self.ttft_steps[i] as f64).collect();
+        let secs = (0..self.ttft_s.len()).filter(|&i| keep(i));
+        (steps, secs.map(|i| self.ttft_s[i]).collect())
+    }
 }
 
 impl ClientReport {
@@ -255,6 +269,7 @@ pub fn run<R: ModelRunner>(
                         acc[o.client] += w_in * o.prompt_len as f64;
                         r.ttft_steps.push(step + 1 - o.submitted_step);
                         r.ttft_s.push(o.submitted_at.elapsed().as_secs_f64());
+                        r.ttft_submitted.push(o.submitted_step);
                     }
                     acc[o.client] += w_out;
                     r.generated += 1;
@@ -271,6 +286,14 @@ pub fn run<R: ModelRunner>(
         }
     }
     let elapsed_s = t0.elapsed().as_secs_f64();
+    // Requests still without a first token count with the time they waited so far (a lower
+    // bound), so a starved client shows long TTFTs rather than none.
+    for o in open.values().filter(|o| o.first) {
+        let r = &mut reports[o.client];
+        r.ttft_steps.push(steps - o.submitted_step);
+        r.ttft_s.push(o.submitted_at.elapsed().as_secs_f64());
+        r.ttft_submitted.push(o.submitted_step);
+    }
     for id in open.keys() {
         engine.cancel(*id);
     }

@@ -301,3 +301,44 @@ fn declared_public_prefix_is_shared_but_the_private_rest_is_not() {
     // c did not declare the prefix: its own partition.
     assert_eq!(cached_tokens(&mut e, "c", with(0)), 0);
 }
+
+#[test]
+fn heavy_vs_light_scenario_keeps_light_ttft_within_twice_alone() {
+    use super::scenario::Scenario;
+    let c = EngineConfig {
+        max_batched_tokens: 24,
+        max_running: 8,
+        ..cfg()
+    };
+    let s = Scenario::HeavyVsLight;
+    let steps = 80;
+    let (from, _) = s.window(steps);
+    let p99 = |r: &sim::SimReport, i: usize| sim::quantile(&r.clients[i].ttft_since(from).0, 0.99);
+    let mut e = engine(c.clone(), fair(vec![]));
+    let shared = sim::run(
+        &mut e,
+        &s.clients(steps),
+        steps,
+        (1.0, 2.0),
+        (1, VOCAB as u32),
+    );
+    let mut e = engine(c.clone(), fair(vec![]));
+    let alone = sim::run(
+        &mut e,
+        &s.clients(steps)[1..],
+        steps,
+        (1.0, 2.0),
+        (1, VOCAB as u32),
+    );
+    let mut e = engine(c, Box::new(Fcfs));
+    let fcfs = sim::run(
+        &mut e,
+        &s.clients(steps),
+        steps,
+        (1.0, 2.0),
+        (1, VOCAB as u32),
+    );
+    assert!(p99(&shared, 1) <= 2.0 * p99(&alone, 0));
+    // Under FCFS the light requests queue behind the heavy backlog.
+    assert!(p99(&fcfs, 1) > 2.0 * p99(&alone, 0));
+}
