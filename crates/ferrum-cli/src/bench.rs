@@ -21,6 +21,8 @@ use crate::load::{Loaded, ModelArgs};
 pub enum BenchCommand {
     /// Engine throughput with every request queued at once.
     Offline(OfflineArgs),
+    /// Per-client service shares and TTFT under the fairness policy and FCFS.
+    Fairness(crate::bench_fairness::FairnessArgs),
 }
 
 /// Which workload to run.
@@ -102,6 +104,7 @@ pub struct OfflineArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Offline(a) => run_offline_cmd(a),
+        BenchCommand::Fairness(a) => crate::bench_fairness::run(a),
     }
 }
 

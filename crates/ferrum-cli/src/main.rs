@@ -2,6 +2,7 @@
 //! perplexity, managing models, serving and benchmarking.
 
 mod bench;
+mod bench_fairness;
 mod generate;
 mod load;
 mod model_cmd;
