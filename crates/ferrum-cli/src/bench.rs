@@ -98,6 +98,9 @@ pub struct OfflineArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Scheduling policy: `fcfs`, or `fair` (the tenants policy, here with one tenant).
+    #[arg(long, default_value = "fcfs", value_parser = ["fcfs", "fair"])]
+    policy: String,
 }
 
 /// Runs a `bench` subcommand.
@@ -260,7 +263,11 @@ fn run_offline_cmd(a: OfflineArgs) -> Result<()> {
         if cfg.enable_prefix_cache { "on" } else { "off" }
     );
     let tokenizer = Arc::new(loaded.tokenizer);
-    let mut engine = Engine::new(runner, tokenizer, cfg)?;
+    let policy: Box<dyn ferrum_engine::SchedulingPolicy> = match a.policy.as_str() {
+        "fair" => Box::new(ferrum_engine::FairPolicy::new(Default::default())),
+        _ => Box::new(ferrum_engine::Fcfs),
+    };
+    let mut engine = Engine::with_policy(runner, tokenizer, cfg, policy)?;
     let bar = ProgressBar::new(reqs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} requests, {msg} [{elapsed_precise}]")
