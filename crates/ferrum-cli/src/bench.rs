@@ -23,6 +23,8 @@ pub enum BenchCommand {
     Offline(OfflineArgs),
     /// Latency and throughput of a running OpenAI-compatible server (ferrum, llama-server, ...).
     Serve(crate::bench_serve::ServeBenchArgs),
+    /// Per-client service shares and TTFT under the fairness policy and FCFS.
+    Fairness(crate::bench_fairness::FairnessArgs),
 }
 
 /// Which workload to run.
@@ -98,6 +100,9 @@ pub struct OfflineArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Scheduling policy: `fcfs`, or `fair` (the tenants policy, here with one tenant).
+    #[arg(long, default_value = "fcfs", value_parser = ["fcfs", "fair"])]
+    policy: String,
 }
 
 /// Runs a `bench` subcommand.
@@ -105,6 +110,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Offline(a) => run_offline_cmd(a),
         BenchCommand::Serve(a) => crate::bench_serve::run(a),
+        BenchCommand::Fairness(a) => crate::bench_fairness::run(a),
     }
 }
 
@@ -260,7 +266,11 @@ fn run_offline_cmd(a: OfflineArgs) -> Result<()> {
         if cfg.enable_prefix_cache { "on" } else { "off" }
     );
     let tokenizer = Arc::new(loaded.tokenizer);
-    let mut engine = Engine::new(runner, tokenizer, cfg)?;
+    let policy: Box<dyn ferrum_engine::SchedulingPolicy> = match a.policy.as_str() {
+        "fair" => Box::new(ferrum_engine::FairPolicy::new(Default::default())),
+        _ => Box::new(ferrum_engine::Fcfs),
+    };
+    let mut engine = Engine::with_policy(runner, tokenizer, cfg, policy)?;
     let bar = ProgressBar::new(reqs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} requests, {msg} [{elapsed_precise}]")

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_serve;
+mod bench_fairness;
 mod generate;
 mod load;
 mod model_cmd;

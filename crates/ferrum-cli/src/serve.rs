@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use ferrum_engine::{parse_bytes, Engine, EngineConfig, EngineHandle, KvBudget};
+use ferrum_engine::{
+    parse_bytes, Engine, EngineConfig, EngineHandle, FairPolicy, Fcfs, KvBudget, SchedulingPolicy,
+};
 use ferrum_model::gguf::GgufFile;
 use ferrum_model::llama::{LlamaModel, LlamaRunner};
-use ferrum_server::{BannerInfo, Model, ModelCodec, ServerConfig};
+use ferrum_server::{BannerInfo, Model, ModelCodec, ServerConfig, Tenants};
 
 use crate::load::ModelArgs;
 
@@ -52,6 +54,10 @@ pub struct ServeArgs {
     /// Turn the radix-tree prefix cache off.
     #[arg(long)]
     no_prefix_cache: bool,
+    /// Tenants file (TOML): API keys per tenant, weights, limits, public prefixes; turns on
+    /// the hierarchical fairness policy and per-tenant prefix-cache partitions.
+    #[arg(long)]
+    tenants: Option<std::path::PathBuf>,
     /// Seconds a shutdown waits for running requests.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
@@ -68,9 +74,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
         (None, Some(t)) => KvBudget::Tokens(t),
         (None, None) => KvBudget::Tokens(65_536),
     };
+    let tenants = match &a.tenants {
+        Some(p) => Some(Arc::new(Tenants::load(p).map_err(anyhow::Error::msg)?)),
+        None => None,
+    };
     let config = ServerConfig {
         addr,
         api_key: a.api_key.clone(),
+        tenants: tenants.clone(),
         drain_timeout: Duration::from_secs(a.drain_timeout),
         ..ServerConfig::default()
     };
@@ -81,7 +92,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(ferrum_server::run(config, move || {
-        load(&a, &path, budget, threads)
+        load(&a, &path, budget, threads, tenants.as_deref())
     }))
     .context("serving")?;
     Ok(())
@@ -92,6 +103,7 @@ fn load(
     path: &std::path::Path,
     budget: KvBudget,
     threads: usize,
+    tenants: Option<&Tenants>,
 ) -> Result<(Model, BannerInfo), String> {
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let file = Arc::new(GgufFile::open(path).map_err(|e| err(&e))?);
@@ -114,7 +126,16 @@ fn load(
         path.file_stem()
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
     });
-    let engine = Engine::new(runner, codec.clone(), cfg.clone()).map_err(|e| e.to_string())?;
+    let policy: Box<dyn SchedulingPolicy> = match tenants {
+        Some(t) => {
+            cfg.cache_salt_by_tenant = true;
+            cfg.public_prefixes = t.public_prefixes(&*codec)?;
+            Box::new(FairPolicy::new(t.fair_config()))
+        }
+        None => Box::new(Fcfs),
+    };
+    let engine = Engine::with_policy(runner, codec.clone(), cfg.clone(), policy)
+        .map_err(|e| e.to_string())?;
     tracing::info!(%cap, kernels, "engine ready");
     eprintln!("{cap}; {kernels} kernels");
     let info = BannerInfo {

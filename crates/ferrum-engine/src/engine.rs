@@ -54,6 +54,10 @@ pub struct EngineConfig {
     pub eos_token_ids: Vec<u32>,
     /// Give each tenant its own prefix-cache partition (default: one shared cache).
     pub cache_salt_by_tenant: bool,
+    /// Per tenant, prompt prefixes (token ids) it declares public: with
+    /// `cache_salt_by_tenant`, a prompt starting with one is cached, up to the prefix's last
+    /// full block only, in a partition shared by every tenant declaring the same prefix.
+    pub public_prefixes: HashMap<String, Vec<Vec<u32>>>,
     /// With the prefix cache on, hold back admitting a request for a step while a running
     /// request computes the same prefix, so the prefix is computed once, not by each of a
     /// burst of requests sharing it (default on).
@@ -75,6 +79,7 @@ impl Default for EngineConfig {
             max_model_len: 8192,
             eos_token_ids: Vec::new(),
             cache_salt_by_tenant: false,
+            public_prefixes: HashMap::new(),
             defer_shared_prefix: true,
             max_defer_steps: 8,
         }
@@ -174,6 +179,9 @@ pub struct Engine<R: ModelRunner> {
     batch: Batch,
     row: Vec<f32>,
 }
+
+/// Cache partition of public prefixes (shared by every tenant declaring the same one).
+const PUBLIC_SALT: u64 = 0x7075_626c_6963_0001;
 
 fn salt_of(tenant: &str) -> u64 {
     // FNV-1a: stable across runs and platforms, unlike the std hasher; never 0 in practice.
@@ -296,17 +304,16 @@ impl<R: ModelRunner> Engine<R> {
                 available: self.cfg.num_blocks,
             });
         }
-        if self.sched.num_waiting() >= self.cfg.max_waiting {
+        if self.sched.num_waiting() >= self.cfg.max_waiting
+            || !self.sched.accepts(req.tenant.as_deref())
+        {
             return Err(SubmitError::QueueFull(self.sched.num_waiting()));
         }
         let sampler = Sampler::new(req.params.clone(), &req.prompt)
             .map_err(|e| SubmitError::InvalidParams(e.msg))?;
         let id = RequestId(self.next_id);
         self.next_id += 1;
-        let salt = match (&req.tenant, self.cfg.cache_salt_by_tenant) {
-            (Some(t), true) => salt_of(t),
-            _ => 0,
-        };
+        let (salt, cache_limit) = self.cache_partition(req.tenant.as_deref(), &req.prompt);
         self.outputs.insert(
             id,
             Output {
@@ -325,9 +332,31 @@ impl<R: ModelRunner> Engine<R> {
             user: req.user,
             program: req.program,
             salt,
+            cache_limit,
         };
         self.sched.add(id, req.prompt, meta);
         Ok(id)
+    }
+
+    /// The prefix-cache partition of a prompt of `tenant`, and how many leading tokens of it
+    /// may be cached there: the tenant's own salt, or, for a prompt starting with one of the
+    /// tenant's public prefixes (at least one block long), the shared public salt limited to
+    /// the prefix's full blocks, so nothing private is ever published where others look.
+    fn cache_partition(&self, tenant: Option<&str>, prompt: &[u32]) -> (u64, Option<usize>) {
+        let Some(t) = tenant.filter(|_| self.cfg.cache_salt_by_tenant) else {
+            return (0, None);
+        };
+        let bs = self.cfg.block_size;
+        let public = self.cfg.public_prefixes.get(t).and_then(|ps| {
+            ps.iter()
+                .filter(|p| p.len() >= bs && prompt.starts_with(p))
+                .map(|p| p.len() / bs * bs)
+                .max()
+        });
+        match public {
+            Some(limit) => (PUBLIC_SALT, Some(limit)),
+            None => (salt_of(t), None),
+        }
     }
 
     /// Ends a request now: its unshared blocks are freed at once and a `Finished {
@@ -456,6 +485,11 @@ impl<R: ModelRunner> Engine<R> {
             deferrals: c.deferrals,
             steps: self.steps,
         }
+    }
+
+    /// Per-tenant service counters and shares of the scheduling policy (empty for FCFS).
+    pub fn tenant_stats(&self) -> Vec<crate::fair::TenantStats> {
+        self.sched.tenant_stats()
     }
 
     /// Checks the scheduler's pool/cache accounting (tests and debug builds).

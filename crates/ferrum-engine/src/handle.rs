@@ -14,6 +14,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
 use crate::engine::{Engine, EngineStats, ModelRunner};
+use crate::fair::TenantStats;
 use crate::request::{Event, Request, RequestId, SubmitError};
 
 type SubmitReply = Result<(RequestId, UnboundedReceiver<Event>), SubmitError>;
@@ -23,6 +24,7 @@ enum Command {
     Submit(Box<Request>, oneshot::Sender<SubmitReply>),
     Cancel(RequestId),
     Stats(oneshot::Sender<EngineStats>),
+    Tenants(oneshot::Sender<Vec<TenantStats>>),
     Shutdown,
 }
 
@@ -91,6 +93,14 @@ impl EngineHandle {
         self.send_stats()?.await.ok()
     }
 
+    /// Per-tenant counters of the scheduling policy from async code (empty for FCFS);
+    /// `None` once the engine has shut down.
+    pub async fn tenants_async(&self) -> Option<Vec<TenantStats>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Tenants(reply)).ok()?;
+        rx.await.ok()
+    }
+
     /// Stops the loop (open requests finish as cancelled) and waits for the thread.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
@@ -127,6 +137,9 @@ impl<R: ModelRunner> Loop<R> {
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.engine.stats());
+            }
+            Command::Tenants(reply) => {
+                let _ = reply.send(self.engine.tenant_stats());
             }
             Command::Shutdown => return false,
         }

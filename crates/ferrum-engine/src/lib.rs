@@ -4,6 +4,8 @@
 //! - [`radix`]: the prefix cache, a radix tree of block-aligned prefixes with LRU eviction.
 //! - [`scheduler`] + [`policy`]: per-step token budget, chunked prefill, cache-aware
 //!   admission and preemption; the policy decides order.
+//! - [`fair`]: hierarchical weighted fairness (tenant -> user -> request) by virtual-token
+//!   accounting, with per-tenant limits.
 //! - [`engine`]: the synchronous core ([`Engine`]); [`handle`]: the loop thread
 //!   ([`EngineHandle`]) servers use.
 //! - [`llama_runner`]: the real model behind [`ModelRunner`] and KV-pool sizing.
@@ -36,6 +38,7 @@
 pub mod block_pool;
 pub mod engine;
 pub mod error;
+pub mod fair;
 pub mod handle;
 pub mod llama_runner;
 pub mod policy;
@@ -47,6 +50,7 @@ pub mod testing;
 
 pub use engine::{Engine, EngineConfig, EngineStats, ModelRunner, StepStats, TokenText};
 pub use error::EngineError;
+pub use fair::{FairConfig, FairPolicy, TenantLimits, TenantSpec, TenantStats};
 pub use handle::EngineHandle;
 pub use llama_runner::{kv_capacity, parse_bytes, KvBudget, KvCapacity};
 pub use policy::{Fcfs, RequestInfo, SchedulingPolicy};

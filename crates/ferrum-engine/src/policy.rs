@@ -35,6 +35,8 @@ pub struct RequestInfo<'a> {
     pub cache_hit_tokens: usize,
     /// Times this request has been preempted.
     pub preemptions: u32,
+    /// KV blocks the request holds now (0 while waiting).
+    pub blocks: usize,
 }
 
 /// Decides scheduling order; see the module docs.
@@ -54,6 +56,41 @@ pub trait SchedulingPolicy: Send {
 
     /// Index into `running` (non-empty) of the request to preempt to free KV blocks.
     fn pick_preempt(&mut self, running: &[RequestInfo<'_>]) -> usize;
+
+    // Accounting hooks: no-ops by default, so order-only policies ignore them. Fairness
+    // policies keep per-client counters from them (see `crate::fair`).
+
+    /// Whether a new request of `tenant` may be queued (per-tenant queue limits); called at
+    /// submit, before [`on_arrive`](Self::on_arrive). A refusal is a full queue.
+    fn accepts(&self, _tenant: Option<&str>) -> bool {
+        true
+    }
+
+    /// A request was queued.
+    fn on_arrive(&mut self, _req: &RequestInfo<'_>) {}
+
+    /// The scheduler starts a step with these running requests in a pool of `total_blocks`
+    /// KV blocks (for per-client KV accounting).
+    fn on_step(&mut self, _running: &[RequestInfo<'_>], _total_blocks: usize) {}
+
+    /// A waiting request was admitted: it holds `req.blocks` blocks and
+    /// `req.cache_hit_tokens` of its prompt came from the prefix cache.
+    fn on_admit(&mut self, _req: &RequestInfo<'_>) {}
+
+    /// A step computed `prompt_tokens` uncached prompt positions of `req` and sampled
+    /// `generated` new tokens for it.
+    fn on_compute(&mut self, _req: &RequestInfo<'_>, _prompt_tokens: usize, _generated: usize) {}
+
+    /// A running request was preempted back to waiting (its blocks are freed).
+    fn on_preempt(&mut self, _req: &RequestInfo<'_>) {}
+
+    /// A request left the engine (finished or cancelled), from waiting or running.
+    fn on_finish(&mut self, _req: &RequestInfo<'_>) {}
+
+    /// Per-tenant counters for metrics and the admin view (empty for policies without any).
+    fn tenant_stats(&self) -> Vec<crate::fair::TenantStats> {
+        Vec::new()
+    }
 }
 
 /// First come, first served: admit the earliest arrival, preempt the latest.

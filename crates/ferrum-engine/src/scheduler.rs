@@ -67,6 +67,24 @@ pub struct SeqMeta {
     pub program: Option<String>,
     /// Prefix-cache partition (0 = shared).
     pub salt: u64,
+    /// Only this many leading tokens may be looked up in or published to the cache (a
+    /// tenant's public prefix shared under a common salt); `None` = all.
+    pub cache_limit: Option<usize>,
+}
+
+impl SeqState {
+    /// The tokens a cache lookup may match: all but the last (its logits are needed),
+    /// cut at the cache limit.
+    fn lookup(&self) -> &[u32] {
+        let n = self.tokens.len() - 1;
+        &self.tokens[..self.meta.cache_limit.map_or(n, |l| l.min(n))]
+    }
+
+    /// Computed full blocks that may be published to the cache.
+    fn publishable(&self, bs: usize) -> usize {
+        let limit = self.meta.cache_limit.unwrap_or(usize::MAX);
+        self.computed.min(limit) / bs
+    }
 }
 
 /// One request's scheduling state.
@@ -163,6 +181,7 @@ fn info(id: RequestId, s: &SeqState, hit: usize) -> RequestInfo<'_> {
         computed_tokens: s.computed,
         cache_hit_tokens: hit,
         preemptions: s.preemptions,
+        blocks: s.blocks.len(),
     }
 }
 
@@ -181,7 +200,7 @@ fn alloc(pool: &mut BlockPool, cache: &mut RadixCache, n: usize) -> Option<Vec<u
 /// Gives back a request's blocks: computed full blocks to the cache, the rest to the pool.
 fn release(pool: &mut BlockPool, cache: &mut RadixCache, use_cache: bool, s: &mut SeqState) {
     if use_cache {
-        let full = s.computed / cache.block_size();
+        let full = s.publishable(cache.block_size());
         let toks = &s.tokens[..full * cache.block_size()];
         for b in cache.insert(s.meta.salt, toks, &s.blocks[..full]) {
             pool.incref(b);
@@ -200,7 +219,7 @@ fn release(pool: &mut BlockPool, cache: &mut RadixCache, use_cache: bool, s: &mu
 /// moves its lock to the new end of the path (lock first, so nothing becomes evictable).
 fn publish(pool: &mut BlockPool, cache: &mut RadixCache, s: &mut SeqState) {
     let bs = cache.block_size();
-    let full = s.computed / bs;
+    let full = s.publishable(bs);
     if full <= s.on_path {
         return;
     }
@@ -253,7 +272,18 @@ impl Scheduler {
                 preemptions: 0,
             },
         );
+        self.policy.on_arrive(&info(id, &self.seqs[&id], 0));
         self.waiting.push(id);
+    }
+
+    /// Whether the policy accepts one more queued request of `tenant` (per-tenant limits).
+    pub fn accepts(&self, tenant: Option<&str>) -> bool {
+        self.policy.accepts(tenant)
+    }
+
+    /// Per-tenant counters of the policy (empty unless it is a fairness policy).
+    pub fn tenant_stats(&self) -> Vec<crate::fair::TenantStats> {
+        self.policy.tenant_stats()
     }
 
     fn blocks_for(&self, tokens: usize) -> usize {
@@ -265,6 +295,12 @@ impl Scheduler {
         let mut out = Schedule::default();
         let mut budget = self.cfg.max_batched_tokens;
         let mut scheduled: HashSet<RequestId> = HashSet::new();
+        let infos: Vec<RequestInfo<'_>> = self
+            .running
+            .iter()
+            .map(|id| info(*id, &self.seqs[id], self.seqs[id].hit))
+            .collect();
+        self.policy.on_step(&infos, self.cfg.num_blocks);
         let mut order = self.running.clone();
         order.sort_by_key(|id| {
             let s = &self.seqs[id];
@@ -346,8 +382,7 @@ impl Scheduler {
                 .map(|id| {
                     let s = &self.seqs[id];
                     let hit = if wants {
-                        let look = &s.tokens[..s.tokens.len() - 1];
-                        self.cache.peek_prefix(s.meta.salt, look)
+                        self.cache.peek_prefix(s.meta.salt, s.lookup())
                     } else {
                         0
                     };
@@ -369,8 +404,7 @@ impl Scheduler {
             }
             let s = self.seqs.get_mut(&id).expect("waiting request has state");
             let (hit_blocks, node) = if self.cfg.enable_prefix_cache {
-                let look = &s.tokens[..s.tokens.len() - 1];
-                let m = self.cache.match_prefix(s.meta.salt, look);
+                let m = self.cache.match_prefix(s.meta.salt, s.lookup());
                 self.cache.lock(m.node);
                 (m.blocks, Some(m.node))
             } else {
@@ -405,6 +439,7 @@ impl Scheduler {
             });
             self.waiting.retain(|w| *w != id);
             self.running.push(id);
+            self.policy.on_admit(&info(id, &self.seqs[&id], hit));
             *budget -= n;
         }
     }
@@ -420,7 +455,7 @@ impl Scheduler {
         if s.deferred >= self.cfg.max_defer_steps {
             return false;
         }
-        let look = &s.tokens[..s.tokens.len() - 1];
+        let look = s.lookup();
         let want = self.cache.peek_prefix(s.meta.salt, look) + self.cfg.block_size;
         if want > look.len() {
             return false;
@@ -441,6 +476,7 @@ impl Scheduler {
         );
         s.preemptions += 1;
         self.counters.preemptions += 1;
+        self.policy.on_preempt(&info(id, s, s.hit));
         self.running.retain(|r| *r != id);
         self.waiting.push(id);
     }
@@ -460,6 +496,13 @@ impl Scheduler {
             if self.cfg.enable_prefix_cache {
                 publish(&mut self.pool, &mut self.cache, s);
             }
+            let s = &self.seqs[&c.id];
+            let uncached_prompt = if s.preemptions == 0 { prefill } else { 0 };
+            self.policy.on_compute(
+                &info(c.id, s, s.hit),
+                uncached_prompt,
+                usize::from(c.needs_logits),
+            );
         }
     }
 
@@ -474,6 +517,7 @@ impl Scheduler {
     /// the cache is on), every other block it held is freed now. Returns its state.
     pub fn finish(&mut self, id: RequestId) -> Option<SeqState> {
         let mut s = self.seqs.remove(&id)?;
+        self.policy.on_finish(&info(id, &s, s.hit));
         release(
             &mut self.pool,
             &mut self.cache,
@@ -551,7 +595,7 @@ impl Scheduler {
             if s.on_path * self.cfg.block_size > s.computed {
                 return Err(format!("request {id} published blocks it has not computed"));
             }
-            if self.cfg.enable_prefix_cache && s.computed / self.cfg.block_size != s.on_path {
+            if self.cfg.enable_prefix_cache && s.publishable(self.cfg.block_size) != s.on_path {
                 return Err(format!(
                     "request {id} has computed full blocks not in the cache"
                 ));

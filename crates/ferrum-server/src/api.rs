@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +15,7 @@ use crate::format::{Format, Route};
 use crate::generate::{self, collect, total_usage, Job};
 use crate::params::{self, Body, GenParams, Prompt};
 use crate::state::{unix_now, AppState, Model};
+use crate::tenants::Identity;
 
 /// The body bytes, or the OpenAI-shaped error for a refused body (413 over the limit).
 pub(crate) fn body_bytes(
@@ -65,6 +66,7 @@ async fn run(
     prompts: Vec<Vec<u32>>,
     p: GenParams,
     start: Instant,
+    who: Identity,
 ) -> Result<Response, ApiError> {
     let prompt_param = match route {
         Route::Chat => "messages",
@@ -74,6 +76,7 @@ async fn run(
         prompts,
         params: &p,
         prompt_param,
+        who,
     };
     let tracked = generate::submit(&state, &model, job, start).await?;
     let fmt = Format {
@@ -106,6 +109,7 @@ async fn run(
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    who: Option<Extension<Identity>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
@@ -123,7 +127,8 @@ pub(crate) async fn chat_completions(
             .codec
             .encode(&text, true)
             .map_err(codec_err("messages"))?;
-        run(state.clone(), model, Route::Chat, vec![ids], p, start).await
+        let who = who.map(|w| w.0).unwrap_or_default();
+        run(state.clone(), model, Route::Chat, vec![ids], p, start, who).await
     }
     .await;
     res.unwrap_or_else(IntoResponse::into_response)
@@ -132,6 +137,7 @@ pub(crate) async fn chat_completions(
 /// `POST /v1/completions`.
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
+    who: Option<Extension<Identity>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
@@ -148,7 +154,17 @@ pub(crate) async fn completions(
             Prompt::Ids(ids) => vec![ids],
             Prompt::IdLists(l) => l,
         };
-        run(state.clone(), model, Route::Completion, prompts, p, start).await
+        let who = who.map(|w| w.0).unwrap_or_default();
+        run(
+            state.clone(),
+            model,
+            Route::Completion,
+            prompts,
+            p,
+            start,
+            who,
+        )
+        .await
     }
     .await;
     res.unwrap_or_else(IntoResponse::into_response)

@@ -27,6 +27,7 @@ pub(crate) struct Tracked {
     start: Instant,
     last: Option<Instant>,
     done: bool,
+    tenant: Option<String>,
 }
 
 impl Tracked {
@@ -44,7 +45,12 @@ impl Tracked {
         match &ev {
             Event::Token { .. } => {
                 match self.last {
-                    None => m.ttft.observe(now - self.start),
+                    None => {
+                        m.ttft.observe(now - self.start);
+                        if let Some(t) = &self.tenant {
+                            m.tenants.observe_ttft(t, now - self.start);
+                        }
+                    }
                     Some(t) => m.itl.observe(now - t),
                 }
                 self.last = Some(now);
@@ -71,6 +77,8 @@ pub(crate) struct Job<'a> {
     pub params: &'a GenParams,
     /// Name of the prompt field for errors (`messages` or `prompt`).
     pub prompt_param: &'static str,
+    /// Tenant (from the API key) and user header.
+    pub who: crate::tenants::Identity,
 }
 
 /// Checks the model name, submits every choice, and returns them in choice order. On any
@@ -120,8 +128,8 @@ pub(crate) async fn submit(
                 stop: p.stop.clone(),
                 ignore_eos: p.ignore_eos,
                 logprobs: p.logprobs,
-                tenant: None,
-                user: p.user.clone(),
+                tenant: job.who.tenant.clone(),
+                user: p.user.clone().or_else(|| job.who.user.clone()),
                 program: None,
             };
             let (_, rx) = model
@@ -137,6 +145,7 @@ pub(crate) async fn submit(
                 start,
                 last: None,
                 done: false,
+                tenant: job.who.tenant.clone(),
             });
         }
     }

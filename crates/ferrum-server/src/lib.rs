@@ -58,6 +58,7 @@ mod params;
 pub mod routes;
 mod sse;
 pub mod state;
+pub mod tenants;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -66,6 +67,7 @@ pub use codec::{AsciiCodec, ChatTurn, CodecError, ModelCodec, TextCodec, ASCII_V
 pub use error::ApiError;
 pub use routes::router;
 pub use state::{AppState, Model, Server, ServerConfig};
+pub use tenants::{Identity, Tenants};
 
 /// Serves `server` on `listener` until `shutdown` resolves, then drains: stops accepting,
 /// lets running requests finish for up to `drain_timeout`, cuts off the rest (which cancels

@@ -50,6 +50,27 @@ impl Histogram {
         }
     }
 
+    /// An empty histogram with the time-to-first-token buckets.
+    pub fn ttft() -> Self {
+        Histogram::new(TTFT_BUCKETS)
+    }
+
+    /// Writes the bucket, sum and count lines of one labelled series (no HELP/TYPE).
+    pub(crate) fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let h = self.inner.lock().map(|h| h.clone()).unwrap_or_default();
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&h.counts) {
+            cum += c;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {}",
+            h.sum, h.count
+        );
+    }
+
     /// Observations so far (for tests).
     pub fn count(&self) -> u64 {
         self.inner.lock().map(|h| h.count).unwrap_or(0)
@@ -94,6 +115,8 @@ pub struct Metrics {
     pub itl: Histogram,
     /// Time from arrival to the end of the request.
     pub e2e: Histogram,
+    /// Per-tenant series.
+    pub tenants: crate::tenants::TenantMetrics,
 }
 
 impl Default for Metrics {
@@ -106,6 +129,7 @@ impl Default for Metrics {
             ttft: Histogram::new(TTFT_BUCKETS),
             itl: Histogram::new(ITL_BUCKETS),
             e2e: Histogram::new(E2E_BUCKETS),
+            tenants: Default::default(),
         }
     }
 }

@@ -430,6 +430,36 @@ pub fn spec() -> Value {
                 "responses": { "200": { "description": "Prometheus text exposition.",
                     "content": { "text/plain": { "schema": { "type": "string" } } } } }
             } },
+            "/v1/admin/tenants": { "get": {
+                "summary": "Per-tenant fairness counters and shares (admin key when keys are set)",
+                "security": optional_bearer(),
+                "responses": with_errors(
+                    [("200".to_string(), json_ok("Tenants, by name.", json!({
+                        "type": "object",
+                        "required": ["object", "data"],
+                        "properties": {
+                            "object": { "const": "list" },
+                            "data": { "type": "array", "items": { "type": "object",
+                                "required": ["name", "weight", "service", "share", "weight_share", "virtual_counter", "waiting", "running", "kv_blocks"],
+                                "properties": {
+                                    "name": { "type": "string" },
+                                    "weight": { "type": "number" },
+                                    "virtual_counter": { "type": "number" },
+                                    "service": { "type": "number" },
+                                    "share": { "type": "number" },
+                                    "weight_share": { "type": "number" },
+                                    "prompt_tokens": { "type": "integer" },
+                                    "generated_tokens": { "type": "integer" },
+                                    "waiting": { "type": "integer" },
+                                    "running": { "type": "integer" },
+                                    "kv_blocks": { "type": "integer" },
+                                    "users": { "type": "integer" }
+                                } } }
+                        }
+                    })))].into_iter().collect(),
+                    &[401, 503],
+                )
+            } },
             "/openapi.json": { "get": {
                 "summary": "This document",
                 "responses": { "200": json_ok("OpenAPI 3.1 document.", json!({ "type": "object" })) }

@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::api::{chat_completions, completions, ready_model};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::tenants::Identity;
 
 type Shared = Arc<AppState>;
 
@@ -25,6 +26,11 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<Shared>)> {
         (Method::GET, "/v1/models/{model}", get(get_model)),
         (Method::GET, "/health", get(health)),
         (Method::GET, "/metrics", get(metrics)),
+        (
+            Method::GET,
+            "/v1/admin/tenants",
+            get(crate::tenants::admin_tenants),
+        ),
         (Method::GET, "/openapi.json", get(openapi)),
     ]
 }
@@ -51,24 +57,54 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-fn key_ok(state: &AppState, req: &Request) -> bool {
-    let Some(key) = &state.config.api_key else {
-        return true;
-    };
+/// Key comparison without an early exit, so timing does not reveal the matching prefix.
+pub(crate) fn same_key(key: &str, given: &str) -> bool {
+    given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Who may call a `/v1/` route: `None` = refused. Without tenants, the `--api-key` (if any)
+/// admits everything; with tenants, `/v1/admin/*` needs an admin key (or `--api-key`) and
+/// other routes a tenant key (or an admin key, as tenant-less requests).
+fn identify(state: &AppState, req: &Request) -> Option<Identity> {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    // Compare without an early exit so timing does not reveal the matching prefix length.
-    given.is_some_and(|g| {
-        g.len() == key.len()
-            && g.bytes()
-                .zip(key.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    })
+    let user = req
+        .headers()
+        .get(crate::tenants::USER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let master = |g: &str| {
+        state
+            .config
+            .api_key
+            .as_deref()
+            .is_some_and(|k| same_key(k, g))
+    };
+    let Some(tenants) = &state.config.tenants else {
+        let ok = state.config.api_key.is_none() || given.is_some_and(master);
+        return ok.then_some(Identity { tenant: None, user });
+    };
+    let given = given?;
+    let admin = master(given) || tenants.is_admin(given);
+    if req.uri().path().starts_with("/v1/admin/") {
+        return admin.then_some(Identity { tenant: None, user });
+    }
+    match tenants.tenant_of(given) {
+        Some(t) => Some(Identity {
+            tenant: Some(t.to_string()),
+            user,
+        }),
+        None => admin.then_some(Identity { tenant: None, user }),
+    }
 }
 
 async fn auth_and_count(State(state): State<Shared>, req: Request, next: Next) -> Response {
@@ -77,10 +113,14 @@ async fn auth_and_count(State(state): State<Shared>, req: Request, next: Next) -
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_string();
-    let resp = if req.uri().path().starts_with("/v1/") && !key_ok(&state, &req) {
-        ApiError::unauthorized().into_response()
-    } else {
+    let mut req = req;
+    let resp = if !req.uri().path().starts_with("/v1/") {
         next.run(req).await
+    } else if let Some(id) = identify(&state, &req) {
+        req.extensions_mut().insert(id);
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
     };
     state.metrics.count_request(&route, resp.status().as_u16());
     resp
@@ -148,12 +188,16 @@ async fn get_model(State(state): State<Shared>, Path(name): Path<String>) -> Res
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(state): State<Shared>) -> Response {
-    let stats = match state.model() {
-        Some(m) => m.engine.stats_async().await,
-        None => None,
+    let (stats, tenants) = match state.model() {
+        Some(m) => (m.engine.stats_async().await, m.engine.tenants_async().await),
+        None => (None, None),
     };
     let ready = state.model().is_some() && !state.draining();
-    let text = state.metrics.render(stats.as_ref(), ready);
+    let mut text = state.metrics.render(stats.as_ref(), ready);
+    state
+        .metrics
+        .tenants
+        .render(&mut text, tenants.as_deref().unwrap_or_default());
     (
         [(
             header::CONTENT_TYPE,

@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// How long a shutdown waits for running requests before cutting them off.
     pub drain_timeout: Duration,
+    /// Tenants (`--tenants`): API keys map to tenants, `/v1/admin/*` needs an admin key.
+    pub tenants: Option<Arc<crate::tenants::Tenants>>,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +38,7 @@ impl Default for ServerConfig {
             max_body_bytes: 8 << 20,
             keep_alive: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            tenants: None,
         }
     }
 }

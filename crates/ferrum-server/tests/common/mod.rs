@@ -93,7 +93,16 @@ pub fn build_model(o: &Opts) -> (Model, EngineHandle) {
         delay: o.step_delay,
     };
     let kv = cfg.num_blocks * cfg.block_size;
-    let engine = match Engine::new(runner, Arc::new(AsciiCodec), cfg) {
+    let mut cfg = cfg;
+    let policy: Box<dyn ferrum_engine::SchedulingPolicy> = match &o.server.tenants {
+        Some(t) => {
+            cfg.cache_salt_by_tenant = true;
+            cfg.public_prefixes = t.public_prefixes(&AsciiCodec).expect("prefixes encode");
+            Box::new(ferrum_engine::FairPolicy::new(t.fair_config()))
+        }
+        None => Box::new(ferrum_engine::Fcfs),
+    };
+    let engine = match Engine::with_policy(runner, Arc::new(AsciiCodec), cfg, policy) {
         Ok(e) => EngineHandle::spawn(e),
         Err(e) => panic!("test engine config is valid: {e}"),
     };
