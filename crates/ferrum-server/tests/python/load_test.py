@@ -4,12 +4,16 @@
 Each streamed greedy answer must equal the non-streamed greedy answer for the same prompt
 (computed first, one at a time), so batching, prefix caching and streaming are checked for
 correctness under load, not only for speed. Reports failures, latency percentiles and, with
---pid, the server's resident memory before and after (from /proc/<pid>/status).
+--pid, the server's resident memory (from /proc/<pid>/status), sampled through the run: memory
+that grows once while the first requests warm the caches (KV pages, scratch buffers, weight
+pages) is expected; memory that keeps growing with the number of requests served is a leak. So
+"flat" is checked from the point where the first --warmup requests have finished (default:
+max(concurrency, requests / 10)) to the end, within --rss-tolerance-mib.
 
     python3 load_test.py --url http://127.0.0.1:8080 --requests 256 --concurrency 64 --pid $(pgrep -n ferrum)
 
 Exit status: 0 when every request succeeded and matched exactly once (no failure, duplicate
-or loss), 1 otherwise; the last line printed is a one-line summary. Only talks to --url
+or loss) and, with --pid, RSS stayed flat after warm-up; 1 otherwise; the last line printed is a one-line summary. Only talks to --url
 (keep it on loopback) and stops by itself after --deadline seconds.
 """
 
@@ -112,6 +116,17 @@ async def main(args):
         refs[p] = await reference(client, model, p, args.max_tokens)
     sem = asyncio.Semaphore(args.concurrency)
     results = []
+    warmup = args.warmup if args.warmup is not None else max(args.concurrency, args.requests // 10)
+    samples = []  # (requests finished, VmRSS KiB)
+
+    async def sample_rss():
+        while True:
+            r = rss_kib(args.pid)
+            if r is not None:
+                samples.append((len(results), r["VmRSS"]))
+            await asyncio.sleep(0.25)
+
+    sampler = asyncio.create_task(sample_rss()) if args.pid else None
     t0 = time.perf_counter()
     tasks = [
         one(client, model, i, PROMPTS[i % len(PROMPTS)], refs[PROMPTS[i % len(PROMPTS)]],
@@ -124,6 +139,14 @@ async def main(args):
         pass
     wall = time.perf_counter() - t0
     after = rss_kib(args.pid)
+    if sampler:
+        sampler.cancel()
+    if after:
+        samples.append((len(results), after["VmRSS"]))
+    warm = [kib for n, kib in samples if n >= warmup]
+    rss_warm, rss_end = (warm[0], warm[-1]) if warm else (None, None)
+    rss_growth_mib = (rss_end - rss_warm) / 1024 if warm else None
+    rss_flat = rss_growth_mib is None or rss_growth_mib <= args.rss_tolerance_mib
     done = [r for r in results if r["ok"]]
     failures = [r for r in results if not r["ok"]]
     # Every request must report exactly once: a repeated index is a duplicate, an absent one
@@ -151,17 +174,22 @@ async def main(args):
         "latency_s": {"p50": pct(totals, 50), "p90": pct(totals, 90), "p99": pct(totals, 99)},
         "rss_kib_before": before,
         "rss_kib_after": after,
+        "rss_warmup_requests": warmup,
+        "rss_kib_after_warmup": rss_warm,
+        "rss_kib_max_after_warmup": max(warm) if warm else None,
+        "rss_growth_after_warmup_mib": rss_growth_mib,
+        "rss_flat": rss_flat,
         "first_failures": failures[:5],
     }
     print(json.dumps(summary, indent=2))
     await client.close()
-    passed = not failures and missing == 0 and duplicates == 0
+    passed = not failures and missing == 0 and duplicates == 0 and rss_flat
     rss = lambda r: (r or {}).get("VmRSS")
     print(
         f"load test {'PASSED' if passed else 'FAILED'}: requests={args.requests} ok={len(done)} "
         f"failures={len(failures)} duplicates={duplicates} losses={missing} "
-        f"rss_kib_before={rss(before)} rss_kib_after={rss(after)} "
-        f"peak_rss_kib={(after or {}).get('VmHWM')} wall_s={wall:.1f}"
+        f"rss_kib_before={rss(before)} rss_kib_after_warmup={rss_warm} rss_kib_after={rss(after)} "
+        f"rss_flat={rss_flat} peak_rss_kib={(after or {}).get('VmHWM')} wall_s={wall:.1f}"
     )
     return 0 if passed else 1
 
@@ -175,7 +203,12 @@ def parse():
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--deadline", type=float, default=600, help="seconds before giving up")
-    ap.add_argument("--pid", type=int, default=None, help="server pid, for RSS before/after")
+    ap.add_argument("--pid", type=int, default=None, help="server pid, for RSS through the run")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="finished requests after which RSS must stay flat "
+                         "(default max(concurrency, requests/10))")
+    ap.add_argument("--rss-tolerance-mib", type=float, default=8.0,
+                    help="allowed RSS growth after warm-up")
     return ap.parse_args()
 
 
