@@ -98,6 +98,9 @@ pub struct SeqState {
     pub hit: usize,
     /// Times preempted.
     pub preemptions: u32,
+    /// Drafted tokens to verify after the last token in the next step (speculative decoding;
+    /// taken by [`Scheduler::schedule`], see [`Scheduler::set_draft`]).
+    draft: Vec<u32>,
 }
 
 /// Work for one request in one step: compute `tokens[start..start + len]`.
@@ -111,6 +114,9 @@ pub struct Chunk {
     pub len: usize,
     /// The chunk reaches the last token, so its logits are needed to sample.
     pub needs_logits: bool,
+    /// Drafted tokens computed after the chunk's last known token (speculative decoding),
+    /// included in `len`; their KV counts only once [`Scheduler::append_verified`] accepts them.
+    pub draft: Vec<u32>,
 }
 
 /// The result of [`Scheduler::schedule`].
@@ -251,6 +257,7 @@ impl Scheduler {
                 first_hit: None,
                 hit: 0,
                 preemptions: 0,
+                draft: Vec::new(),
             },
         );
         self.waiting.push(id);
@@ -277,12 +284,31 @@ impl Scheduler {
             if !self.running.contains(&id) {
                 continue; // preempted earlier in this step
             }
-            let s = &self.seqs[&id];
+            let s = self.seqs.get_mut(&id).expect("running request has state");
+            let mut draft = std::mem::take(&mut s.draft);
             let n = (s.tokens.len() - s.computed).min(budget);
-            let need = self
-                .blocks_for(s.computed + n)
-                .saturating_sub(s.blocks.len());
+            if n != 1 || s.tokens.len() - s.computed != 1 {
+                draft.clear();
+            }
+            draft.truncate(budget - n);
+            let (computed, held) = (s.computed, s.blocks.len());
+            // A draft only ever uses free (or evictable) blocks: it never preempts anyone.
+            let spec_need = self
+                .blocks_for(computed + n + draft.len())
+                .saturating_sub(held);
+            let mut spec_blocks = if draft.is_empty() {
+                None
+            } else {
+                alloc(&mut self.pool, &mut self.cache, spec_need)
+            };
+            if spec_blocks.is_none() {
+                draft.clear();
+            }
+            let need = self.blocks_for(computed + n).saturating_sub(held);
             let got = loop {
+                if let Some(b) = spec_blocks.take() {
+                    break Some(b);
+                }
                 if let Some(b) = alloc(&mut self.pool, &mut self.cache, need) {
                     break Some(b);
                 }
@@ -310,14 +336,15 @@ impl Scheduler {
             };
             let s = self.seqs.get_mut(&id).expect("running request has state");
             s.blocks.extend(blocks);
+            budget -= n + draft.len();
             out.chunks.push(Chunk {
                 id,
                 start: s.computed,
-                len: n,
+                len: n + draft.len(),
                 needs_logits: s.computed + n == s.tokens.len(),
+                draft,
             });
             scheduled.insert(id);
-            budget -= n;
         }
         if out.preempted.is_empty() {
             self.admit(&mut budget, &mut out);
@@ -402,6 +429,7 @@ impl Scheduler {
                 start: hit,
                 len: n,
                 needs_logits: hit + n == s.tokens.len(),
+                draft: Vec::new(),
             });
             self.waiting.retain(|w| *w != id);
             self.running.push(id);
@@ -439,6 +467,7 @@ impl Scheduler {
             self.cfg.enable_prefix_cache,
             s,
         );
+        s.draft.clear();
         s.preemptions += 1;
         self.counters.preemptions += 1;
         self.running.retain(|r| *r != id);
@@ -456,11 +485,52 @@ impl Scheduler {
             let prefill = (c.start + c.len).min(s.prompt_len).saturating_sub(c.start);
             self.counters.prefill_tokens += prefill as u64;
             self.counters.decode_tokens += (c.len - prefill) as u64;
-            s.computed += c.len;
+            // Drafted positions become KV only when verification accepts them.
+            s.computed += c.len - c.draft.len();
             if self.cfg.enable_prefix_cache {
                 publish(&mut self.pool, &mut self.cache, s);
             }
         }
+    }
+
+    /// Offers drafted tokens to verify after running request `id`'s last token in the next
+    /// [`Scheduler::schedule`] (speculative decoding). Used only if the request is decoding
+    /// (one token left), within the step's token budget and while free blocks last; a draft
+    /// never preempts anyone. Replaces an earlier unused draft.
+    pub fn set_draft(&mut self, id: RequestId, draft: Vec<u32>) {
+        if let Some(s) = self.seqs.get_mut(&id) {
+            s.draft = draft;
+        }
+    }
+
+    /// After a committed speculative chunk: appends the tokens verification emitted (the
+    /// accepted draft prefix, possibly cut at a stop, then the target's own token). All but the
+    /// last are drafted tokens whose KV the chunk computed, so they become computed; the
+    /// drafted positions beyond them are rolled back (their blocks returned, nothing of them
+    /// published to the prefix cache).
+    pub fn append_verified(&mut self, id: RequestId, emitted: &[u32]) {
+        let bs = self.cfg.block_size;
+        let Some(s) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        if emitted.is_empty() {
+            return;
+        }
+        s.tokens.extend_from_slice(emitted);
+        s.computed += emitted.len() - 1;
+        let keep = s.computed.div_ceil(bs);
+        if s.blocks.len() > keep {
+            self.pool.release(&s.blocks[keep..]);
+            s.blocks.truncate(keep);
+        }
+        if self.cfg.enable_prefix_cache {
+            publish(&mut self.pool, &mut self.cache, s);
+        }
+    }
+
+    /// Running requests, in admission order (e.g. to draft for the decoding ones).
+    pub fn running(&self) -> &[RequestId] {
+        &self.running
     }
 
     /// Appends a sampled token to a request (it is computed in a later step).
@@ -474,6 +544,7 @@ impl Scheduler {
     /// the cache is on), every other block it held is freed now. Returns its state.
     pub fn finish(&mut self, id: RequestId) -> Option<SeqState> {
         let mut s = self.seqs.remove(&id)?;
+        s.draft.clear();
         release(
             &mut self.pool,
             &mut self.cache,

@@ -123,6 +123,7 @@ pub(crate) async fn submit(
                 tenant: None,
                 user: p.user.clone(),
                 program: None,
+                speculative: None,
             };
             let (_, rx) = model
                 .engine
