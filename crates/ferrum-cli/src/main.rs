@@ -8,6 +8,7 @@ mod model_cmd;
 mod perplexity;
 mod remote_chat;
 mod serve;
+mod spec_args;
 
 use clap::{Parser, Subcommand};
 

@@ -52,6 +52,8 @@ pub struct ServeArgs {
     /// Turn the radix-tree prefix cache off.
     #[arg(long)]
     no_prefix_cache: bool,
+    #[command(flatten)]
+    spec: crate::spec_args::SpecArgs,
     /// Seconds a shutdown waits for running requests.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
@@ -103,6 +105,7 @@ fn load(
     cfg.max_running = a.max_running;
     cfg.max_waiting = a.max_waiting;
     cfg.enable_prefix_cache = !a.no_prefix_cache;
+    a.spec.apply(&mut cfg).map_err(|e| e.to_string())?;
     if let Some(m) = a.max_model_len {
         cfg.max_model_len = m.min(model.config.context_length);
     }

@@ -15,7 +15,7 @@ use crate::policy::{Fcfs, SchedulingPolicy};
 use crate::radix::CacheCounters;
 use crate::request::{Event, FinishReason, Request, RequestId, SubmitError, TokenLogprob, Usage};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqMeta};
-use crate::spec::{batch_bucket, Drafter, ReqSpec, SpecConfig, SpecCounters, SpecKey, Speculator};
+use crate::spec::{Drafter, ReqSpec, SpecConfig, SpecCounters, SpecKey, SpecStats, Speculator};
 use crate::stream::TextStream;
 
 /// Computes logits for a batch over the paged KV cache; the real Llama runtime implements
@@ -152,6 +152,8 @@ pub struct EngineStats {
     pub deferrals: u64,
     /// Steps that ran a forward pass.
     pub steps: u64,
+    /// Speculative decoding counters (drafted / accepted by drafter, batch, cache hit).
+    pub spec: SpecStats,
 }
 
 struct Output {
@@ -495,12 +497,13 @@ impl<R: ModelRunner> Engine<R> {
                         self.sched.append_verified(c.id, &self.emitted);
                         out.spec
                             .record(&self.cfg.speculative, c.draft.len(), accepted);
-                        let key = SpecKey {
-                            drafter: out.spec.method.name(),
-                            batch: batch_bucket(decoding),
+                        self.spec.stats.record(
+                            out.spec.method,
+                            decoding,
                             cache_hit,
-                        };
-                        self.spec.record(key, c.draft.len(), accepted);
+                            c.draft.len(),
+                            accepted,
+                        );
                         if let Some(reason) = fin {
                             finished.push((c.id, reason));
                         }
@@ -580,9 +583,7 @@ impl<R: ModelRunner> Engine<R> {
 
     /// Speculation counters by drafter, decode batch size and prefix-cache hit, sorted.
     pub fn spec_stats(&self) -> Vec<(SpecKey, SpecCounters)> {
-        let mut v: Vec<_> = self.spec.stats.iter().map(|(k, c)| (*k, *c)).collect();
-        v.sort_by_key(|e| e.0);
-        v
+        self.spec.stats.cells()
     }
 
     /// Takes the events produced since the last call, in order.
@@ -608,6 +609,7 @@ impl<R: ModelRunner> Engine<R> {
             preemptions: c.preemptions,
             deferrals: c.deferrals,
             steps: self.steps,
+            spec: self.spec.stats,
         }
     }
 

@@ -53,4 +53,4 @@ pub use handle::EngineHandle;
 pub use llama_runner::{kv_capacity, parse_bytes, KvBudget, KvCapacity};
 pub use policy::{Fcfs, RequestInfo, SchedulingPolicy};
 pub use request::{Event, FinishReason, Request, RequestId, SubmitError, TokenLogprob, Usage};
-pub use spec::{Drafter, SpecConfig, SpecCounters, SpecKey, SpecMethod};
+pub use spec::{Drafter, SpecConfig, SpecCounters, SpecKey, SpecMethod, SpecStats};

@@ -123,7 +123,7 @@ pub(crate) async fn submit(
                 tenant: None,
                 user: p.user.clone(),
                 program: None,
-                speculative: None,
+                speculative: p.speculative,
             };
             let (_, rx) = model
                 .engine

@@ -26,8 +26,6 @@
 //! Drafters: [`NgramDrafter`] (prompt lookup in the request's own context) and
 //! [`SuffixDrafter`] (suffix matching over the request's context and earlier requests' outputs).
 
-use std::collections::HashMap;
-
 use crate::request::RequestId;
 
 mod ngram;
@@ -208,14 +206,94 @@ pub struct SpecKey {
     pub cache_hit: bool,
 }
 
+/// Upper ends of the decode-batch buckets of [`SpecKey::batch`] (65 stands for "more").
+pub const BATCH_BUCKETS: [u32; 5] = [1, 4, 16, 64, 65];
+/// Drafter names in [`SpecStats`] order.
+pub const DRAFTERS: [SpecMethod; 3] = [SpecMethod::Ngram, SpecMethod::Suffix, SpecMethod::External];
+
 /// Bucket of a step's decoding-request count for [`SpecKey::batch`].
 pub fn batch_bucket(n: usize) -> u32 {
-    match n {
-        0 | 1 => 1,
-        2..=4 => 4,
-        5..=16 => 16,
-        17..=64 => 64,
-        _ => 65,
+    BATCH_BUCKETS
+        .iter()
+        .copied()
+        .find(|&b| n as u64 <= u64::from(b))
+        .unwrap_or(65)
+}
+
+/// Speculation counters by drafter, decode batch bucket and prefix-cache hit: a fixed-size
+/// table, so engine stats stay `Copy` and cheap to send to a metrics endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecStats {
+    cells: [[[SpecCounters; 2]; BATCH_BUCKETS.len()]; DRAFTERS.len()],
+}
+
+impl SpecStats {
+    /// Adds one verification of `drafted` tokens, `accepted` of them kept.
+    pub fn record(
+        &mut self,
+        method: SpecMethod,
+        batch: usize,
+        cache_hit: bool,
+        drafted: usize,
+        accepted: usize,
+    ) {
+        let Some(d) = DRAFTERS.iter().position(|&m| m == method) else {
+            return;
+        };
+        let b = BATCH_BUCKETS
+            .iter()
+            .position(|&x| x == batch_bucket(batch))
+            .unwrap_or(BATCH_BUCKETS.len() - 1);
+        let c = &mut self.cells[d][b][usize::from(cache_hit)];
+        c.verifications += 1;
+        c.drafted += drafted as u64;
+        c.accepted += accepted as u64;
+    }
+
+    /// Non-empty cells with their keys, sorted by drafter, batch bucket, cache hit.
+    pub fn cells(&self) -> Vec<(SpecKey, SpecCounters)> {
+        let mut v = Vec::new();
+        for (d, m) in DRAFTERS.iter().enumerate() {
+            for (b, &batch) in BATCH_BUCKETS.iter().enumerate() {
+                for hit in [false, true] {
+                    let c = self.cells[d][b][usize::from(hit)];
+                    if c.verifications > 0 {
+                        let key = SpecKey {
+                            drafter: m.name(),
+                            batch,
+                            cache_hit: hit,
+                        };
+                        v.push((key, c));
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Totals over all drafters and cells.
+    pub fn sum(&self) -> SpecCounters {
+        DRAFTERS
+            .iter()
+            .map(|&m| self.total(m))
+            .fold(SpecCounters::default(), |a, c| SpecCounters {
+                verifications: a.verifications + c.verifications,
+                drafted: a.drafted + c.drafted,
+                accepted: a.accepted + c.accepted,
+            })
+    }
+
+    /// Totals of one drafter over all cells.
+    pub fn total(&self, method: SpecMethod) -> SpecCounters {
+        let mut t = SpecCounters::default();
+        for (k, c) in self.cells() {
+            if k.drafter == method.name() {
+                t.verifications += c.verifications;
+                t.drafted += c.drafted;
+                t.accepted += c.accepted;
+            }
+        }
+        t
     }
 }
 
@@ -224,7 +302,7 @@ pub(crate) struct Speculator {
     ngram: NgramDrafter,
     suffix: SuffixDrafter,
     external: Option<Box<dyn Drafter>>,
-    pub stats: HashMap<SpecKey, SpecCounters>,
+    pub stats: SpecStats,
 }
 
 impl Speculator {
@@ -233,7 +311,7 @@ impl Speculator {
             ngram: NgramDrafter::default(),
             suffix: SuffixDrafter::default(),
             external: None,
-            stats: HashMap::new(),
+            stats: SpecStats::default(),
         }
     }
 
@@ -258,13 +336,6 @@ impl Speculator {
         if let Some(d) = self.external.as_deref_mut() {
             d.finished(id, tokens, prompt_len);
         }
-    }
-
-    pub fn record(&mut self, key: SpecKey, drafted: usize, accepted: usize) {
-        let c = self.stats.entry(key).or_default();
-        c.verifications += 1;
-        c.drafted += drafted as u64;
-        c.accepted += accepted as u64;
     }
 }
 
