@@ -269,7 +269,7 @@ fn run_offline_cmd(a: OfflineArgs) -> Result<()> {
         max_waiting: reqs.len() + 1,
         ..base
     };
-    a.spec.apply(&mut cfg)?;
+    let draft = a.spec.apply(&mut cfg)?;
     eprintln!("{cap}");
     let runner = LlamaRunner::new(
         Arc::clone(&loaded.model),
@@ -288,6 +288,10 @@ fn run_offline_cmd(a: OfflineArgs) -> Result<()> {
     );
     let tokenizer = Arc::new(loaded.tokenizer);
     let mut engine = Engine::new(runner, tokenizer, cfg)?;
+    if let Some(path) = draft {
+        let vocab = loaded.model.config.vocab_size;
+        engine.set_external_drafter(Box::new(a.spec.drafter(&path, vocab, a.model.threads)?));
+    }
     let bar = ProgressBar::new(reqs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} requests, {msg} [{elapsed_precise}]")

@@ -105,7 +105,7 @@ fn load(
     cfg.max_running = a.max_running;
     cfg.max_waiting = a.max_waiting;
     cfg.enable_prefix_cache = !a.no_prefix_cache;
-    a.spec.apply(&mut cfg).map_err(|e| e.to_string())?;
+    let draft = a.spec.apply(&mut cfg).map_err(|e| e.to_string())?;
     if let Some(m) = a.max_model_len {
         cfg.max_model_len = m.min(model.config.context_length);
     }
@@ -117,7 +117,14 @@ fn load(
         path.file_stem()
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
     });
-    let engine = Engine::new(runner, codec.clone(), cfg.clone()).map_err(|e| e.to_string())?;
+    let mut engine = Engine::new(runner, codec.clone(), cfg.clone()).map_err(|e| e.to_string())?;
+    if let Some(path) = draft {
+        let d = a
+            .spec
+            .drafter(&path, model.config.vocab_size, threads)
+            .map_err(|e| format!("{e:#}"))?;
+        engine.set_external_drafter(Box::new(d));
+    }
     tracing::info!(%cap, kernels, "engine ready");
     eprintln!("{cap}; {kernels} kernels");
     let info = BannerInfo {

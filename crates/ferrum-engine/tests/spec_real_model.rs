@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use ferrum_engine::spec::ModelDrafter;
 use ferrum_engine::{Engine, EngineConfig, Event, KvBudget, Request, RequestId, SpecMethod};
 use ferrum_model::llama::{LlamaModel, LlamaRunner};
 use ferrum_model::tokenizer::Tokenizer;
@@ -177,6 +178,39 @@ fn greedy_outputs_identical_with_each_drafter_at_batch_1_and_8() {
             let drafted: u64 = e.spec_stats().iter().map(|(_, c)| c.drafted).sum();
             eprintln!("{method:?} batch {batch}: {accepted}/{drafted} drafted tokens accepted");
             assert!(drafted > 0, "{method:?} never drafted");
+        }
+    }
+}
+
+#[test]
+fn default_model_drafting_for_itself_is_always_accepted() {
+    let f = fixture();
+    let prompts: Vec<Vec<u32>> = f.cases.iter().take(4).map(|c| c.0.clone()).collect();
+    const N: usize = 12;
+    let mut plain = engine(SpecMethod::Off, 4);
+    let want = run(&mut plain, &prompts, N);
+    for prune in [0usize, 8192] {
+        let mut e = engine(SpecMethod::External, 4);
+        let mut d = ModelDrafter::new(Arc::clone(&f.model), 2048, 1).expect("drafter");
+        if prune > 0 {
+            d.prune_vocab(&(0..prune as u32).collect::<Vec<_>>());
+        }
+        e.set_external_drafter(Box::new(d));
+        assert_eq!(run(&mut e, &prompts, N), want, "pruned to {prune}");
+        let c = e.stats().spec.sum();
+        eprintln!(
+            "self-drafting, vocabulary {}: {}/{} drafted tokens accepted",
+            if prune == 0 {
+                "full".to_string()
+            } else {
+                prune.to_string()
+            },
+            c.accepted,
+            c.drafted
+        );
+        assert!(c.drafted > 0);
+        if prune == 0 {
+            assert_eq!(c.accepted, c.drafted, "the model agrees with itself");
         }
     }
 }

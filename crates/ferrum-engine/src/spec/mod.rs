@@ -23,14 +23,17 @@
 //! step with more than [`SpecConfig::max_batch`] decoding requests (verification stops being
 //! nearly free once the batch is compute-bound).
 //!
-//! Drafters: [`NgramDrafter`] (prompt lookup in the request's own context) and
-//! [`SuffixDrafter`] (suffix matching over the request's context and earlier requests' outputs).
+//! Drafters: [`NgramDrafter`] (prompt lookup in the request's own context),
+//! [`SuffixDrafter`] (suffix matching over the request's context and earlier requests' outputs)
+//! and [`ModelDrafter`] (a draft model with the same vocabulary, optionally vocabulary-pruned).
 
 use crate::request::RequestId;
 
+mod draft_model;
 mod ngram;
 mod suffix;
 
+pub use draft_model::ModelDrafter;
 pub use ngram::NgramDrafter;
 pub use suffix::SuffixDrafter;
 
