@@ -5,6 +5,8 @@
 //!   lengths.
 //! - [`synthetic`]: seeded random-length prompts and shared-prefix groups (a long common system
 //!   prompt per group), for throughput and prefix-cache measurements.
+//! - [`repetitive`]: prompts that ask to rewrite or continue a given code or text block, the
+//!   workload where speculative decoding pays.
 //! - [`offline`]: pushes a list of [`BenchRequest`]s through a synchronous
 //!   [`ferrum_engine::Engine`] and reports throughput and cache counters.
 //!
@@ -17,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod offline;
+pub mod repetitive;
 pub mod rng;
 pub mod serve;
 pub mod sharegpt;

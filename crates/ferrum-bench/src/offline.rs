@@ -62,6 +62,12 @@ pub struct OfflineReport {
     pub steps: u64,
     /// Mean sequences per forward pass.
     pub mean_batch_seqs: f64,
+    /// Speculative decoding: drafts verified.
+    pub spec_verifications: u64,
+    /// Speculative decoding: drafted tokens verified.
+    pub spec_drafted: u64,
+    /// Speculative decoding: drafted tokens accepted.
+    pub spec_accepted: u64,
 }
 
 fn per_s(x: f64, secs: f64) -> f64 {
@@ -134,6 +140,7 @@ pub fn run_offline<R: ModelRunner>(
     let input_tokens: u64 = reqs.iter().map(|r| r.prompt.len() as u64).sum();
     let cache_hit_tokens = after.cache_hit_tokens - before.cache_hit_tokens;
     let steps = after.steps - before.steps;
+    let (sb, sa) = (before.spec.sum(), after.spec.sum());
     Ok(OfflineReport {
         requests: finished,
         elapsed_s: secs,
@@ -157,6 +164,9 @@ pub fn run_offline<R: ModelRunner>(
         } else {
             0.0
         },
+        spec_verifications: sa.verifications - sb.verifications,
+        spec_drafted: sa.drafted - sb.drafted,
+        spec_accepted: sa.accepted - sb.accepted,
     })
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use ferrum_bench::sharegpt;
 use ferrum_bench::synthetic::{self, RandomSpec, SharedPrefixSpec};
+use ferrum_bench::{repetitive, sharegpt};
 use ferrum_bench::{run_offline, BenchError, BenchRequest, OfflineOptions, OfflineReport};
 use ferrum_engine::{parse_bytes, Engine, EngineConfig, KvBudget};
 use ferrum_model::chat::ChatMessage;
@@ -36,6 +36,8 @@ pub enum Dataset {
     Random,
     /// --groups groups sharing a --prefix-len-token prefix, each prompt with its own suffix.
     SharedPrefix,
+    /// Rewrite or continue a given code or text block (speculative decoding's best case).
+    Repetitive,
 }
 
 /// Arguments of `ferrum bench offline`.
@@ -103,6 +105,8 @@ pub struct OfflineArgs {
     /// Scheduling policy: `fcfs`, or `fair` (the tenants policy, here with one tenant).
     #[arg(long, default_value = "fcfs", value_parser = ["fcfs", "fair"])]
     policy: String,
+    #[command(flatten)]
+    spec: crate::spec_args::SpecArgs,
 }
 
 /// Runs a `bench` subcommand.
@@ -182,6 +186,21 @@ fn workload(a: &OfflineArgs, l: &Loaded) -> Result<Vec<BenchRequest>> {
             exclude,
             seed: a.seed,
         })?,
+        Dataset::Repetitive => {
+            let tok_err = |e: ferrum_model::Error| BenchError::Tokenize(e.to_string());
+            let encode = |text: &str| {
+                let msgs = [ChatMessage::new("user", text)];
+                let rendered = l.template.render(&msgs, true).map_err(tok_err)?;
+                l.tokenizer.encode(&rendered, true).map_err(tok_err)
+            };
+            let count = |text: &str| {
+                l.tokenizer
+                    .encode(text, false)
+                    .map(|v| v.len())
+                    .map_err(tok_err)
+            };
+            repetitive::requests(a.num_prompts, a.seed, a.output_len, encode, count)?
+        }
         Dataset::SharedPrefix => {
             if a.groups == 0 {
                 bail!("--groups must be at least 1");
@@ -231,6 +250,15 @@ fn print_report(a: &OfflineArgs, r: &OfflineReport) {
         "steps                {} (mean {:.1} sequences/step)",
         r.steps, r.mean_batch_seqs
     );
+    if r.spec_verifications > 0 {
+        println!(
+            "speculation          {} drafted, {} accepted ({:.1}%), mean accepted length {:.2}",
+            r.spec_drafted,
+            r.spec_accepted,
+            100.0 * r.spec_accepted as f64 / r.spec_drafted.max(1) as f64,
+            r.spec_accepted as f64 / r.spec_verifications as f64
+        );
+    }
 }
 
 fn run_offline_cmd(a: OfflineArgs) -> Result<()> {
@@ -243,13 +271,14 @@ fn run_offline_cmd(a: OfflineArgs) -> Result<()> {
     };
     let (base, cap) =
         EngineConfig::for_model(&loaded.model.config, budget, loaded.tokenizer.stop_ids())?;
-    let cfg = EngineConfig {
+    let mut cfg = EngineConfig {
         max_running: a.max_running,
         max_batched_tokens: a.max_batched_tokens,
         enable_prefix_cache: !a.no_prefix_cache,
         max_waiting: reqs.len() + 1,
         ..base
     };
+    let draft = a.spec.apply(&mut cfg)?;
     eprintln!("{cap}");
     let runner = LlamaRunner::new(
         Arc::clone(&loaded.model),
@@ -258,12 +287,13 @@ fn run_offline_cmd(a: OfflineArgs) -> Result<()> {
         a.model.threads,
     )?;
     eprintln!(
-        "{} requests, {} threads, max_running {}, max_batched_tokens {}, prefix cache {}",
+        "{} requests, {} threads, max_running {}, max_batched_tokens {}, prefix cache {}, speculative {}",
         reqs.len(),
         runner.n_threads(),
         cfg.max_running,
         cfg.max_batched_tokens,
-        if cfg.enable_prefix_cache { "on" } else { "off" }
+        if cfg.enable_prefix_cache { "on" } else { "off" },
+        a.spec.speculative
     );
     let tokenizer = Arc::new(loaded.tokenizer);
     let policy: Box<dyn ferrum_engine::SchedulingPolicy> = match a.policy.as_str() {
@@ -271,6 +301,10 @@ fn run_offline_cmd(a: OfflineArgs) -> Result<()> {
         _ => Box::new(ferrum_engine::Fcfs),
     };
     let mut engine = Engine::with_policy(runner, tokenizer, cfg, policy)?;
+    if let Some(path) = draft {
+        let vocab = loaded.model.config.vocab_size;
+        engine.set_external_drafter(Box::new(a.spec.drafter(&path, vocab, a.model.threads)?));
+    }
     let bar = ProgressBar::new(reqs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} requests, {msg} [{elapsed_precise}]")

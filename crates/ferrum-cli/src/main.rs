@@ -2,14 +2,15 @@
 //! perplexity, managing models, serving and benchmarking.
 
 mod bench;
-mod bench_serve;
 mod bench_fairness;
+mod bench_serve;
 mod generate;
 mod load;
 mod model_cmd;
 mod perplexity;
 mod remote_chat;
 mod serve;
+mod spec_args;
 
 use clap::{Parser, Subcommand};
 

@@ -58,6 +58,8 @@ pub struct ServeArgs {
     /// the hierarchical fairness policy and per-tenant prefix-cache partitions.
     #[arg(long)]
     tenants: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    spec: crate::spec_args::SpecArgs,
     /// Seconds a shutdown waits for running requests.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
@@ -115,6 +117,7 @@ fn load(
     cfg.max_running = a.max_running;
     cfg.max_waiting = a.max_waiting;
     cfg.enable_prefix_cache = !a.no_prefix_cache;
+    let draft = a.spec.apply(&mut cfg).map_err(|e| e.to_string())?;
     if let Some(m) = a.max_model_len {
         cfg.max_model_len = m.min(model.config.context_length);
     }
@@ -134,8 +137,15 @@ fn load(
         }
         None => Box::new(Fcfs),
     };
-    let engine = Engine::with_policy(runner, codec.clone(), cfg.clone(), policy)
+    let mut engine = Engine::with_policy(runner, codec.clone(), cfg.clone(), policy)
         .map_err(|e| e.to_string())?;
+    if let Some(path) = draft {
+        let d = a
+            .spec
+            .drafter(&path, model.config.vocab_size, threads)
+            .map_err(|e| format!("{e:#}"))?;
+        engine.set_external_drafter(Box::new(d));
+    }
     tracing::info!(%cap, kernels, "engine ready");
     eprintln!("{cap}; {kernels} kernels");
     let info = BannerInfo {

@@ -15,6 +15,7 @@ use crate::policy::{Fcfs, SchedulingPolicy};
 use crate::radix::CacheCounters;
 use crate::request::{Event, FinishReason, Request, RequestId, SubmitError, TokenLogprob, Usage};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqMeta};
+use crate::spec::{Drafter, ReqSpec, SpecConfig, SpecCounters, SpecKey, SpecStats, Speculator};
 use crate::stream::TextStream;
 
 /// Computes logits for a batch over the paged KV cache; the real Llama runtime implements
@@ -65,6 +66,8 @@ pub struct EngineConfig {
     /// Most steps one request may be held back by `defer_shared_prefix`, so a request never
     /// starves behind a slow producer.
     pub max_defer_steps: u32,
+    /// Speculative decoding (off by default); see [`crate::spec`].
+    pub speculative: SpecConfig,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +85,7 @@ impl Default for EngineConfig {
             public_prefixes: HashMap::new(),
             defer_shared_prefix: true,
             max_defer_steps: 8,
+            speculative: SpecConfig::default(),
         }
     }
 }
@@ -153,6 +157,8 @@ pub struct EngineStats {
     pub deferrals: u64,
     /// Steps that ran a forward pass.
     pub steps: u64,
+    /// Speculative decoding counters (drafted / accepted by drafter, batch, cache hit).
+    pub spec: SpecStats,
 }
 
 struct Output {
@@ -164,6 +170,7 @@ struct Output {
     ignore_eos: bool,
     logprobs: bool,
     prompt_len: usize,
+    spec: ReqSpec,
 }
 
 /// The synchronous engine; see the module docs.
@@ -178,6 +185,12 @@ pub struct Engine<R: ModelRunner> {
     steps: u64,
     batch: Batch,
     row: Vec<f32>,
+    spec: Speculator,
+    /// Scratch: a chunk's tokens, drafted tokens, running ids, verified tokens.
+    chunk_toks: Vec<u32>,
+    draft_buf: Vec<u32>,
+    ids: Vec<RequestId>,
+    emitted: Vec<u32>,
 }
 
 /// Cache partition of public prefixes (shared by every tenant declaring the same one).
@@ -224,6 +237,46 @@ fn on_token(
     (ev, finish)
 }
 
+/// Verifies one drafted chunk: `rows` holds the logits after the known token and after each
+/// drafted token. Emits tokens as plain decoding would (each through [`on_token`], so stops,
+/// EOS, max_tokens and logprobs behave the same) until a draft is rejected, the request
+/// finishes, or all drafts are accepted and the target's bonus token is emitted. Leaves the
+/// emitted tokens in `emitted`; returns the number of accepted drafts and the finish reason.
+#[allow(clippy::too_many_arguments)]
+fn verify(
+    out: &mut Output,
+    text: &dyn TokenText,
+    eos: &[u32],
+    draft: &[u32],
+    rows: &[f32],
+    scratch: &mut Vec<f32>,
+    emitted: &mut Vec<u32>,
+    mut emit: impl FnMut(Event),
+) -> (usize, Option<FinishReason>) {
+    let vocab = rows.len() / (draft.len() + 1);
+    emitted.clear();
+    let mut accepted = 0;
+    for (i, row) in rows.chunks_exact(vocab).enumerate() {
+        scratch.clear();
+        scratch.extend_from_slice(row);
+        let (sampled, ok) = match draft.get(i) {
+            Some(&d) => out.sampler.sample_after_draft(scratch, d),
+            None => (out.sampler.sample(scratch), false),
+        };
+        emitted.push(sampled.token);
+        let (ev, fin) = on_token(out, text, eos, sampled);
+        emit(ev);
+        accepted += usize::from(ok);
+        if fin.is_some() {
+            return (accepted, fin);
+        }
+        if !ok {
+            break;
+        }
+    }
+    (accepted, None)
+}
+
 impl<R: ModelRunner> Engine<R> {
     /// Builds an engine with the first-come-first-served policy.
     pub fn new(
@@ -258,7 +311,6 @@ impl<R: ModelRunner> Engine<R> {
             policy,
         );
         Ok(Engine {
-            cfg,
             runner,
             text,
             sched,
@@ -268,6 +320,12 @@ impl<R: ModelRunner> Engine<R> {
             steps: 0,
             batch: Batch::default(),
             row: Vec::new(),
+            spec: Speculator::new(),
+            chunk_toks: Vec::new(),
+            draft_buf: Vec::new(),
+            ids: Vec::new(),
+            emitted: Vec::new(),
+            cfg,
         })
     }
 
@@ -325,6 +383,7 @@ impl<R: ModelRunner> Engine<R> {
                 ignore_eos: req.ignore_eos,
                 logprobs: req.logprobs,
                 prompt_len: req.prompt.len(),
+                spec: ReqSpec::new(req.speculative.unwrap_or(self.cfg.speculative.method)),
             },
         );
         let meta = SeqMeta {
@@ -373,7 +432,15 @@ impl<R: ModelRunner> Engine<R> {
         let Some(out) = self.outputs.remove(&id) else {
             return;
         };
-        let cached = self.sched.finish(id).and_then(|s| s.first_hit).unwrap_or(0);
+        let state = self.sched.finish(id);
+        let cached = state.as_ref().and_then(|s| s.first_hit).unwrap_or(0);
+        if let Some(s) = &state {
+            if out.spec.method != crate::spec::SpecMethod::Off
+                || self.cfg.speculative.method != crate::spec::SpecMethod::Off
+            {
+                self.spec.finished(id, &s.tokens, s.prompt_len);
+            }
+        }
         let usage = Usage {
             prompt_tokens: out.prompt_len,
             completion_tokens: out.generated,
@@ -389,6 +456,7 @@ impl<R: ModelRunner> Engine<R> {
 
     /// Runs one scheduling step and forward pass; sampled tokens and finishes become events.
     pub fn step(&mut self) -> StepStats {
+        self.draft();
         let plan = self.sched.schedule();
         let mut stats = StepStats {
             preempted: plan.preempted.len(),
@@ -400,18 +468,27 @@ impl<R: ModelRunner> Engine<R> {
         self.batch.clear();
         for c in &plan.chunks {
             let s = self.sched.seq(c.id).expect("scheduled request has state");
-            let row = self
-                .batch
-                .push_seq(&s.tokens[c.start..c.start + c.len], c.start, &s.blocks);
+            let known = c.len - c.draft.len();
+            self.chunk_toks.clear();
+            self.chunk_toks
+                .extend_from_slice(&s.tokens[c.start..c.start + known]);
+            self.chunk_toks.extend_from_slice(&c.draft);
+            let row = self.batch.push_seq(&self.chunk_toks, c.start, &s.blocks);
             // Generated tokens use the runtime's decode arithmetic and prompt tokens its
             // prompt arithmetic, however the scheduler chunked them (batch invariance).
             if let Some(last) = self.batch.seqs.last_mut() {
                 last.decode = c.start >= s.prompt_len;
             }
             if c.needs_logits {
-                self.batch.logits_rows.push(row);
+                // A drafted chunk needs logits after its known token and after every draft.
+                self.batch.logits_rows.extend(row - c.draft.len()..=row);
             }
         }
+        let decoding = plan
+            .chunks
+            .iter()
+            .filter(|c| c.needs_logits && c.len - c.draft.len() == 1)
+            .count();
         stats.seqs = plan.chunks.len();
         stats.tokens = self.batch.tokens.len();
         self.steps += 1;
@@ -422,11 +499,46 @@ impl<R: ModelRunner> Engine<R> {
             Ok(logits) if logits.len() == rows * vocab => {
                 self.sched.commit(&plan.chunks);
                 let with_logits = plan.chunks.iter().filter(|c| c.needs_logits);
-                for (c, row) in with_logits.zip(logits.chunks_exact(vocab)) {
+                let mut next_row = 0;
+                for c in with_logits {
                     let out = self
                         .outputs
                         .get_mut(&c.id)
                         .expect("scheduled request has output");
+                    let rows = &logits[next_row * vocab..(next_row + 1 + c.draft.len()) * vocab];
+                    next_row += 1 + c.draft.len();
+                    if !c.draft.is_empty() {
+                        let (accepted, fin) = verify(
+                            out,
+                            &*self.text,
+                            &self.cfg.eos_token_ids,
+                            &c.draft,
+                            rows,
+                            &mut self.row,
+                            &mut self.emitted,
+                            |ev| self.events.push((c.id, ev)),
+                        );
+                        stats.sampled += self.emitted.len();
+                        let cache_hit = self
+                            .sched
+                            .seq(c.id)
+                            .is_some_and(|s| s.first_hit.unwrap_or(0) > 0);
+                        self.sched.append_verified(c.id, &self.emitted);
+                        out.spec
+                            .record(&self.cfg.speculative, c.draft.len(), accepted);
+                        self.spec.stats.record(
+                            out.spec.method,
+                            decoding,
+                            cache_hit,
+                            c.draft.len(),
+                            accepted,
+                        );
+                        if let Some(reason) = fin {
+                            finished.push((c.id, reason));
+                        }
+                        continue;
+                    }
+                    let row = rows;
                     self.row.clear();
                     self.row.extend_from_slice(row);
                     let sampled = out.sampler.sample(&mut self.row);
@@ -461,6 +573,48 @@ impl<R: ModelRunner> Engine<R> {
         stats
     }
 
+    /// Asks each speculating decoding request's drafter for a draft (unless the step's decode
+    /// batch is too large for verification to be cheap) and hands it to the scheduler.
+    fn draft(&mut self) {
+        self.ids.clear();
+        self.ids.extend_from_slice(self.sched.running());
+        let decoding = |sched: &Scheduler, id: &RequestId| {
+            sched
+                .seq(*id)
+                .is_some_and(|s| s.tokens.len() == s.computed + 1)
+        };
+        self.ids.retain(|id| decoding(&self.sched, id));
+        let cfg = &self.cfg.speculative;
+        let too_many = self.ids.len() > cfg.max_batch;
+        for &id in &self.ids {
+            let Some(out) = self.outputs.get_mut(&id) else {
+                continue;
+            };
+            self.draft_buf.clear();
+            let room = out.max_tokens.saturating_sub(out.generated + 1);
+            let max_len = cfg.max_draft.min(room);
+            if !too_many && max_len > 0 && out.spec.wants_draft() {
+                if let (Some(d), Some(s)) = (self.spec.drafter(out.spec.method), self.sched.seq(id))
+                {
+                    d.propose(id, &s.tokens, s.prompt_len, max_len, &mut self.draft_buf);
+                    self.draft_buf.truncate(max_len);
+                }
+            }
+            self.sched.set_draft(id, self.draft_buf.clone());
+        }
+    }
+
+    /// Registers the drafter used by requests whose method is
+    /// [`crate::spec::SpecMethod::External`] (e.g. a draft model).
+    pub fn set_external_drafter(&mut self, d: Box<dyn Drafter>) {
+        self.spec.set_external(d);
+    }
+
+    /// Speculation counters by drafter, decode batch size and prefix-cache hit, sorted.
+    pub fn spec_stats(&self) -> Vec<(SpecKey, SpecCounters)> {
+        self.spec.stats.cells()
+    }
+
     /// Takes the events produced since the last call, in order.
     pub fn drain_events(&mut self) -> Vec<(RequestId, Event)> {
         std::mem::take(&mut self.events)
@@ -484,6 +638,7 @@ impl<R: ModelRunner> Engine<R> {
             preemptions: c.preemptions,
             deferrals: c.deferrals,
             steps: self.steps,
+            spec: self.spec.stats,
         }
     }
 

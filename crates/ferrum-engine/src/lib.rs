@@ -8,6 +8,7 @@
 //!   accounting, with per-tenant limits.
 //! - [`engine`]: the synchronous core ([`Engine`]); [`handle`]: the loop thread
 //!   ([`EngineHandle`]) servers use.
+//! - [`spec`]: exact speculative decoding (drafters, verification, fallback).
 //! - [`llama_runner`]: the real model behind [`ModelRunner`] and KV-pool sizing.
 //! - [`testing`]: a fake model whose outputs depend on the KV read back through block tables.
 //!
@@ -45,6 +46,7 @@ pub mod policy;
 pub mod radix;
 pub mod request;
 pub mod scheduler;
+pub mod spec;
 mod stream;
 pub mod testing;
 
@@ -55,3 +57,4 @@ pub use handle::EngineHandle;
 pub use llama_runner::{kv_capacity, parse_bytes, KvBudget, KvCapacity};
 pub use policy::{Fcfs, RequestInfo, SchedulingPolicy};
 pub use request::{Event, FinishReason, Request, RequestId, SubmitError, TokenLogprob, Usage};
+pub use spec::{Drafter, SpecConfig, SpecCounters, SpecKey, SpecMethod, SpecStats};

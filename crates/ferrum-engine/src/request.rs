@@ -35,6 +35,8 @@ pub struct Request {
     pub user: Option<String>,
     /// Agent program / session id, for policies that keep a program's turns together.
     pub program: Option<String>,
+    /// Speculative decoding method for this request; `None` uses the engine's default.
+    pub speculative: Option<crate::spec::SpecMethod>,
 }
 
 impl Request {
@@ -51,6 +53,7 @@ impl Request {
             tenant: None,
             user: None,
             program: None,
+            speculative: None,
         }
     }
 }

@@ -116,6 +116,9 @@ pub struct SeqState {
     pub hit: usize,
     /// Times preempted.
     pub preemptions: u32,
+    /// Drafted tokens to verify after the last token in the next step (speculative decoding;
+    /// taken by [`Scheduler::schedule`], see [`Scheduler::set_draft`]).
+    draft: Vec<u32>,
 }
 
 /// Work for one request in one step: compute `tokens[start..start + len]`.
@@ -129,6 +132,9 @@ pub struct Chunk {
     pub len: usize,
     /// The chunk reaches the last token, so its logits are needed to sample.
     pub needs_logits: bool,
+    /// Drafted tokens computed after the chunk's last known token (speculative decoding),
+    /// included in `len`; their KV counts only once [`Scheduler::append_verified`] accepts them.
+    pub draft: Vec<u32>,
 }
 
 /// The result of [`Scheduler::schedule`].
@@ -270,6 +276,7 @@ impl Scheduler {
                 first_hit: None,
                 hit: 0,
                 preemptions: 0,
+                draft: Vec::new(),
             },
         );
         self.policy.on_arrive(&info(id, &self.seqs[&id], 0));
@@ -313,12 +320,31 @@ impl Scheduler {
             if !self.running.contains(&id) {
                 continue; // preempted earlier in this step
             }
-            let s = &self.seqs[&id];
+            let s = self.seqs.get_mut(&id).expect("running request has state");
+            let mut draft = std::mem::take(&mut s.draft);
             let n = (s.tokens.len() - s.computed).min(budget);
-            let need = self
-                .blocks_for(s.computed + n)
-                .saturating_sub(s.blocks.len());
+            if n != 1 || s.tokens.len() - s.computed != 1 {
+                draft.clear();
+            }
+            draft.truncate(budget - n);
+            let (computed, held) = (s.computed, s.blocks.len());
+            // A draft only ever uses free (or evictable) blocks: it never preempts anyone.
+            let spec_need = self
+                .blocks_for(computed + n + draft.len())
+                .saturating_sub(held);
+            let mut spec_blocks = if draft.is_empty() {
+                None
+            } else {
+                alloc(&mut self.pool, &mut self.cache, spec_need)
+            };
+            if spec_blocks.is_none() {
+                draft.clear();
+            }
+            let need = self.blocks_for(computed + n).saturating_sub(held);
             let got = loop {
+                if let Some(b) = spec_blocks.take() {
+                    break Some(b);
+                }
                 if let Some(b) = alloc(&mut self.pool, &mut self.cache, need) {
                     break Some(b);
                 }
@@ -346,14 +372,15 @@ impl Scheduler {
             };
             let s = self.seqs.get_mut(&id).expect("running request has state");
             s.blocks.extend(blocks);
+            budget -= n + draft.len();
             out.chunks.push(Chunk {
                 id,
                 start: s.computed,
-                len: n,
+                len: n + draft.len(),
                 needs_logits: s.computed + n == s.tokens.len(),
+                draft,
             });
             scheduled.insert(id);
-            budget -= n;
         }
         if out.preempted.is_empty() {
             self.admit(&mut budget, &mut out);
@@ -436,6 +463,7 @@ impl Scheduler {
                 start: hit,
                 len: n,
                 needs_logits: hit + n == s.tokens.len(),
+                draft: Vec::new(),
             });
             self.waiting.retain(|w| *w != id);
             self.running.push(id);
@@ -474,6 +502,7 @@ impl Scheduler {
             self.cfg.enable_prefix_cache,
             s,
         );
+        s.draft.clear();
         s.preemptions += 1;
         self.counters.preemptions += 1;
         self.policy.on_preempt(&info(id, s, s.hit));
@@ -492,7 +521,8 @@ impl Scheduler {
             let prefill = (c.start + c.len).min(s.prompt_len).saturating_sub(c.start);
             self.counters.prefill_tokens += prefill as u64;
             self.counters.decode_tokens += (c.len - prefill) as u64;
-            s.computed += c.len;
+            // Drafted positions become KV only when verification accepts them.
+            s.computed += c.len - c.draft.len();
             if self.cfg.enable_prefix_cache {
                 publish(&mut self.pool, &mut self.cache, s);
             }
@@ -504,6 +534,46 @@ impl Scheduler {
                 usize::from(c.needs_logits),
             );
         }
+    }
+
+    /// Offers drafted tokens to verify after running request `id`'s last token in the next
+    /// [`Scheduler::schedule`] (speculative decoding). Used only if the request is decoding
+    /// (one token left), within the step's token budget and while free blocks last; a draft
+    /// never preempts anyone. Replaces an earlier unused draft.
+    pub fn set_draft(&mut self, id: RequestId, draft: Vec<u32>) {
+        if let Some(s) = self.seqs.get_mut(&id) {
+            s.draft = draft;
+        }
+    }
+
+    /// After a committed speculative chunk: appends the tokens verification emitted (the
+    /// accepted draft prefix, possibly cut at a stop, then the target's own token). All but the
+    /// last are drafted tokens whose KV the chunk computed, so they become computed; the
+    /// drafted positions beyond them are rolled back (their blocks returned, nothing of them
+    /// published to the prefix cache).
+    pub fn append_verified(&mut self, id: RequestId, emitted: &[u32]) {
+        let bs = self.cfg.block_size;
+        let Some(s) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        if emitted.is_empty() {
+            return;
+        }
+        s.tokens.extend_from_slice(emitted);
+        s.computed += emitted.len() - 1;
+        let keep = s.computed.div_ceil(bs);
+        if s.blocks.len() > keep {
+            self.pool.release(&s.blocks[keep..]);
+            s.blocks.truncate(keep);
+        }
+        if self.cfg.enable_prefix_cache {
+            publish(&mut self.pool, &mut self.cache, s);
+        }
+    }
+
+    /// Running requests, in admission order (e.g. to draft for the decoding ones).
+    pub fn running(&self) -> &[RequestId] {
+        &self.running
     }
 
     /// Appends a sampled token to a request (it is computed in a later step).
@@ -518,6 +588,7 @@ impl Scheduler {
     pub fn finish(&mut self, id: RequestId) -> Option<SeqState> {
         let mut s = self.seqs.remove(&id)?;
         self.policy.on_finish(&info(id, &s, s.hit));
+        s.draft.clear();
         release(
             &mut self.pool,
             &mut self.cache,

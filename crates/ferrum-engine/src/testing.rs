@@ -41,6 +41,12 @@ impl FakeRunner {
         }
     }
 
+    /// The token this fake model makes most likely after `context` (a perfect drafter for
+    /// tests of speculative decoding).
+    pub fn best_token(&self, context: &[u32]) -> u32 {
+        (context_hash(context.iter().map(|&t| Some(t))) % self.vocab as u64) as u32
+    }
+
     fn slot(&self, table: &[u32], pos: usize) -> usize {
         table[pos / self.block_size] as usize * self.block_size + pos % self.block_size
     }
@@ -48,6 +54,13 @@ impl FakeRunner {
 
 fn mix(h: u64, x: u64) -> u64 {
     (h ^ x).wrapping_mul(0x0100_0000_01b3).rotate_left(17)
+}
+
+/// Hash of a context as read from the fake KV (`None`: a slot never written).
+fn context_hash(toks: impl Iterator<Item = Option<u32>>) -> u64 {
+    toks.fold(0xcbf2_9ce4_8422_2325u64, |h, tok| {
+        mix(h, tok.map_or(u64::MAX, u64::from))
+    })
 }
 
 impl ModelRunner for FakeRunner {
@@ -76,11 +89,7 @@ impl ModelRunner for FakeRunner {
                 .find(|s| row >= s.start && row < s.start + s.len)
                 .expect("validated batch covers every row");
             let last = s.ctx_before + (row - s.start);
-            let mut h = 0xcbf2_9ce4_8422_2325u64;
-            for pos in 0..=last {
-                let tok = self.kv[self.slot(&s.block_table, pos)];
-                h = mix(h, tok.map_or(u64::MAX, u64::from));
-            }
+            let h = context_hash((0..=last).map(|pos| self.kv[self.slot(&s.block_table, pos)]));
             let best = (h % self.vocab as u64) as usize;
             for j in 0..self.vocab {
                 let noise = (mix(h, j as u64) >> 40) as f32 / (1u64 << 24) as f32;

@@ -236,6 +236,76 @@ impl Sampler {
         }
     }
 
+    /// Samples the token after a drafted one (speculative decoding) so that the result has
+    /// exactly the distribution [`Sampler::sample`] draws from: the draft comes from a
+    /// deterministic drafter (a point mass), so it is accepted with probability p(draft), and
+    /// on rejection the token is drawn from p with the draft removed, renormalized (Leviathan
+    /// et al. 2023 / Chen et al. 2023 with q = δ(draft)). Greedy: the argmax, accepted when it
+    /// equals the draft. Returns the token (with raw-logit log-probabilities, as `sample`) and
+    /// whether it is the draft. Like `sample`, restores `logits` before returning.
+    pub fn sample_after_draft(&mut self, logits: &mut [f32], draft: u32) -> (Sampled, bool) {
+        if self.params.is_greedy() || logits.is_empty() {
+            let s = self.sample(logits);
+            let ok = s.token == draft;
+            return (s, ok);
+        }
+        let lse = log_sum_exp(logits);
+        let top = top_n(logits, self.params.top_logprobs, lse);
+        let mut saved = std::mem::take(&mut self.saved);
+        saved.clear();
+        apply_penalties(
+            &self.params,
+            &self.seen,
+            &self.generated,
+            logits,
+            Some(&mut saved),
+        );
+        let mut cand = std::mem::take(&mut self.cand);
+        let total = candidates(logits, &self.params, &mut cand);
+        let w_draft = cand
+            .iter()
+            .find(|c| c.0 == draft)
+            .map_or(0.0, |c| f64::from(c.1));
+        let u = self.rng.random::<f64>();
+        let (token, accepted) = if u * total < w_draft {
+            (draft, true)
+        } else {
+            let rest: f64 = cand
+                .iter()
+                .filter(|c| c.0 != draft)
+                .map(|c| f64::from(c.1))
+                .sum();
+            let v = self.rng.random::<f64>() * rest;
+            let mut cum = 0f64;
+            let mut pick = None;
+            for &(id, w) in cand.iter().filter(|c| c.0 != draft && c.1 > 0.0) {
+                cum += f64::from(w);
+                pick = Some(id);
+                if cum > v {
+                    break;
+                }
+            }
+            // No other token has mass (p(draft) rounded below 1): the draft is all there is.
+            pick.map_or((draft, true), |id| (id, false))
+        };
+        self.cand = cand;
+        for &(id, v) in saved.iter().rev() {
+            logits[id as usize] = v;
+        }
+        self.saved = saved;
+        let logprob = logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| logprob_of(l, lse));
+        (
+            Sampled {
+                token,
+                logprob,
+                top,
+            },
+            accepted,
+        )
+    }
+
     /// Probability distribution after penalties/temperature/top-k/top-p/min-p, as sparse (id, prob) sorted by prob desc: needed later for exact speculative decoding (rejection sampling).
     ///
     /// It is exactly the distribution [`Sampler::sample`] draws from for the same logits and

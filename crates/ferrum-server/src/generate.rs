@@ -131,6 +131,7 @@ pub(crate) async fn submit(
                 tenant: job.who.tenant.clone(),
                 user: p.user.clone().or_else(|| job.who.user.clone()),
                 program: None,
+                speculative: p.speculative,
             };
             let (_, rx) = model
                 .engine

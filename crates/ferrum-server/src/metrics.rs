@@ -260,6 +260,9 @@ impl Metrics {
         for (name, help, v) in tok {
             gauge(name, help, "counter", v.load(Ordering::Relaxed).to_string());
         }
+        if let Some(s) = engine {
+            render_spec(&mut out, &s.spec);
+        }
         let _ = writeln!(
             out,
             "# HELP ferrum_requests_total HTTP responses by route and status.\n# TYPE ferrum_requests_total counter"
@@ -292,9 +295,71 @@ impl Metrics {
     }
 }
 
+/// Speculative decoding counters, labelled by drafter, decode batch bucket and prefix-cache
+/// hit, plus the mean accepted draft length per drafter.
+fn render_spec(out: &mut String, spec: &ferrum_engine::SpecStats) {
+    let series = [
+        (
+            "ferrum_spec_verifications_total",
+            "Drafts verified (speculative decoding).",
+        ),
+        (
+            "ferrum_spec_drafted_tokens_total",
+            "Drafted tokens verified.",
+        ),
+        (
+            "ferrum_spec_accepted_tokens_total",
+            "Drafted tokens accepted.",
+        ),
+    ];
+    let cells = spec.cells();
+    for (i, (name, help)) in series.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (k, c) in &cells {
+            let v = [c.verifications, c.drafted, c.accepted][i];
+            let hit = if k.cache_hit { "hit" } else { "miss" };
+            let _ = writeln!(
+                out,
+                "{name}{{drafter=\"{}\",batch=\"{}\",prefix_cache=\"{hit}\"}} {v}",
+                k.drafter, k.batch
+            );
+        }
+    }
+    let name = "ferrum_spec_mean_accepted_length";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Mean accepted drafted tokens per verification.\n# TYPE {name} gauge"
+    );
+    for m in ferrum_engine::spec::DRAFTERS {
+        let t = spec.total(m);
+        if t.verifications > 0 {
+            let _ = writeln!(
+                out,
+                "{name}{{drafter=\"{}\"}} {}",
+                m.name(),
+                t.mean_accepted()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn speculation_counters_are_labelled_by_drafter_batch_and_cache() {
+        let mut e = EngineStats::default();
+        e.spec
+            .record(ferrum_engine::SpecMethod::Suffix, 3, true, 5, 4);
+        e.spec
+            .record(ferrum_engine::SpecMethod::Suffix, 1, false, 4, 0);
+        let text = Metrics::default().render(Some(&e), true);
+        let cell = "{drafter=\"suffix\",batch=\"4\",prefix_cache=\"hit\"}";
+        assert!(text.contains(&format!("ferrum_spec_drafted_tokens_total{cell} 5")));
+        assert!(text.contains(&format!("ferrum_spec_accepted_tokens_total{cell} 4")));
+        assert!(text.contains("ferrum_spec_mean_accepted_length{drafter=\"suffix\"} 2"));
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

@@ -129,7 +129,8 @@ fn common_params() -> Map<String, Value> {
         "stream": { "type": "boolean", "default": false },
         "stream_options": { "type": "object", "properties": { "include_usage": { "type": "boolean" } } },
         "user": { "type": "string" },
-        "ignore_eos": { "type": "boolean", "default": false }
+        "ignore_eos": { "type": "boolean", "default": false },
+        "speculative": { "type": "string", "enum": ["off", "ngram", "suffix", "draft"] }
     }))
 }
 

@@ -101,6 +101,8 @@ pub(crate) struct GenParams {
     pub user: Option<String>,
     /// Keep going past EOS.
     pub ignore_eos: bool,
+    /// Speculative decoding override (`None`: the server's `--speculative`).
+    pub speculative: Option<ferrum_engine::SpecMethod>,
 }
 
 /// `v` as the sampler's `f32` if it lies in `[lo, hi]`. The check is made on the JSON value
@@ -215,6 +217,15 @@ pub(crate) fn common(body: &Body, max_tokens_names: &[&str]) -> Result<GenParams
         #[serde(default)]
         include_usage: bool,
     }
+    let speculative = match body.get::<String>("speculative")? {
+        None => None,
+        Some(v) => Some(ferrum_engine::SpecMethod::parse(&v).ok_or_else(|| {
+            ApiError::invalid(
+                Some("speculative".into()),
+                "'speculative' must be one of off, ngram, suffix, draft",
+            )
+        })?),
+    };
     let stream = body.get::<bool>("stream")?.unwrap_or(false);
     let include_usage = body
         .get::<StreamOptions>("stream_options")?
@@ -230,6 +241,7 @@ pub(crate) fn common(body: &Body, max_tokens_names: &[&str]) -> Result<GenParams
         include_usage,
         user: body.get::<String>("user")?,
         ignore_eos: body.get::<bool>("ignore_eos")?.unwrap_or(false),
+        speculative,
     })
 }
 
