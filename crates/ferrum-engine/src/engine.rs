@@ -65,6 +65,8 @@ pub struct EngineConfig {
     /// Most steps one request may be held back by `defer_shared_prefix`, so a request never
     /// starves behind a slow producer.
     pub max_defer_steps: u32,
+    /// What happens to an agent program's KV between its turns (default: plain LRU).
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +84,7 @@ impl Default for EngineConfig {
             public_prefixes: HashMap::new(),
             defer_shared_prefix: true,
             max_defer_steps: 8,
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -153,6 +156,10 @@ pub struct EngineStats {
     pub deferrals: u64,
     /// Steps that ran a forward pass.
     pub steps: u64,
+    /// Blocks pinned for agent programs.
+    pub pinned_blocks: usize,
+    /// Agent-program retention counters.
+    pub retention: crate::retention::RetentionCounters,
 }
 
 struct Output {
@@ -257,6 +264,8 @@ impl<R: ModelRunner> Engine<R> {
             },
             policy,
         );
+        let mut sched = sched;
+        sched.set_retention(cfg.retention.clone());
         Ok(Engine {
             cfg,
             runner,
@@ -331,6 +340,7 @@ impl<R: ModelRunner> Engine<R> {
             tenant: req.tenant,
             user: req.user,
             program: req.program,
+            tool: req.tool,
             salt,
             cache_limit,
         };
@@ -484,7 +494,25 @@ impl<R: ModelRunner> Engine<R> {
             preemptions: c.preemptions,
             deferrals: c.deferrals,
             steps: self.steps,
+            pinned_blocks: self.sched.cache().pinned_blocks(),
+            retention: self.sched.retention().counters(),
         }
+    }
+
+    /// Ends agent `program`: its pinned KV becomes evictable now. Returns whether the
+    /// program was known.
+    pub fn release_program(&mut self, program: &str) -> bool {
+        self.sched.release_program(program)
+    }
+
+    /// Replaces the retention clock (tests and simulations drive time by hand).
+    pub fn set_clock(&mut self, clock: crate::retention::Clock) {
+        self.sched.set_clock(clock);
+    }
+
+    /// The scheduler (read-only: pool, cache, retention state).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
     }
 
     /// Per-tenant service counters and shares of the scheduling policy (empty for FCFS).

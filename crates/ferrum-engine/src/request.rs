@@ -35,6 +35,8 @@ pub struct Request {
     pub user: Option<String>,
     /// Agent program / session id, for policies that keep a program's turns together.
     pub program: Option<String>,
+    /// Tool the program waits on after this turn (for retention TTL prediction).
+    pub tool: Option<String>,
 }
 
 impl Request {
@@ -51,6 +53,7 @@ impl Request {
             tenant: None,
             user: None,
             program: None,
+            tool: None,
         }
     }
 }
