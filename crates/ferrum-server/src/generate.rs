@@ -130,7 +130,8 @@ pub(crate) async fn submit(
                 logprobs: p.logprobs,
                 tenant: job.who.tenant.clone(),
                 user: p.user.clone().or_else(|| job.who.user.clone()),
-                program: None,
+                program: p.program.clone(),
+                tool: p.tool.clone(),
             };
             let (_, rx) = model
                 .engine
