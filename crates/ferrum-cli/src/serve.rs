@@ -54,6 +54,16 @@ pub struct ServeArgs {
     /// Turn the radix-tree prefix cache off.
     #[arg(long)]
     no_prefix_cache: bool,
+    /// What happens to an agent program's KV between turns: lru (plain prefix-cache LRU),
+    /// ttl (pinned for a TTL predicted per tool), pin-all (pinned until it returns).
+    #[arg(long, default_value = "lru")]
+    kv_retention: ferrum_engine::KvRetention,
+    /// Most of the KV pool (0..=1) agent programs may hold pinned.
+    #[arg(long, default_value_t = 0.5)]
+    max_pinned_fraction: f64,
+    /// With --kv-retention lru, log what ttl would have pinned and count its would-be hits.
+    #[arg(long)]
+    kv_retention_shadow: bool,
     /// Tenants file (TOML): API keys per tenant, weights, limits, public prefixes; turns on
     /// the hierarchical fairness policy and per-tenant prefix-cache partitions.
     #[arg(long)]
@@ -118,6 +128,9 @@ fn load(
     cfg.max_waiting = a.max_waiting;
     cfg.enable_prefix_cache = !a.no_prefix_cache;
     let draft = a.spec.apply(&mut cfg).map_err(|e| e.to_string())?;
+    cfg.retention.policy = a.kv_retention;
+    cfg.retention.max_pinned_fraction = a.max_pinned_fraction.clamp(0.0, 1.0);
+    cfg.retention.shadow = a.kv_retention_shadow;
     if let Some(m) = a.max_model_len {
         cfg.max_model_len = m.min(model.config.context_length);
     }

@@ -68,6 +68,8 @@ pub struct EngineConfig {
     pub max_defer_steps: u32,
     /// Speculative decoding (off by default); see [`crate::spec`].
     pub speculative: SpecConfig,
+    /// What happens to an agent program's KV between its turns (default: plain LRU).
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +88,7 @@ impl Default for EngineConfig {
             defer_shared_prefix: true,
             max_defer_steps: 8,
             speculative: SpecConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -159,6 +162,10 @@ pub struct EngineStats {
     pub steps: u64,
     /// Speculative decoding counters (drafted / accepted by drafter, batch, cache hit).
     pub spec: SpecStats,
+    /// Blocks pinned for agent programs.
+    pub pinned_blocks: usize,
+    /// Agent-program retention counters.
+    pub retention: crate::retention::RetentionCounters,
 }
 
 struct Output {
@@ -310,6 +317,8 @@ impl<R: ModelRunner> Engine<R> {
             },
             policy,
         );
+        let mut sched = sched;
+        sched.set_retention(cfg.retention.clone());
         Ok(Engine {
             runner,
             text,
@@ -390,6 +399,7 @@ impl<R: ModelRunner> Engine<R> {
             tenant: req.tenant,
             user: req.user,
             program: req.program,
+            tool: req.tool,
             salt,
             cache_limit,
         };
@@ -639,7 +649,25 @@ impl<R: ModelRunner> Engine<R> {
             deferrals: c.deferrals,
             steps: self.steps,
             spec: self.spec.stats,
+            pinned_blocks: self.sched.cache().pinned_blocks(),
+            retention: self.sched.retention().counters(),
         }
+    }
+
+    /// Ends agent `program`: its pinned KV becomes evictable now. Returns whether the
+    /// program was known.
+    pub fn release_program(&mut self, program: &str) -> bool {
+        self.sched.release_program(program)
+    }
+
+    /// Replaces the retention clock (tests and simulations drive time by hand).
+    pub fn set_clock(&mut self, clock: crate::retention::Clock) {
+        self.sched.set_clock(clock);
+    }
+
+    /// The scheduler (read-only: pool, cache, retention state).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
     }
 
     /// Per-tenant service counters and shares of the scheduling policy (empty for FCFS).

@@ -25,6 +25,7 @@ enum Command {
     Cancel(RequestId),
     Stats(oneshot::Sender<EngineStats>),
     Tenants(oneshot::Sender<Vec<TenantStats>>),
+    ReleaseProgram(String, oneshot::Sender<bool>),
     Shutdown,
 }
 
@@ -93,6 +94,14 @@ impl EngineHandle {
         self.send_stats()?.await.ok()
     }
 
+    /// Ends agent program `id` (its pinned KV is released) from async code; `Some(false)`
+    /// if the engine did not know it, `None` once the engine has shut down.
+    pub async fn release_program_async(&self, id: String) -> Option<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::ReleaseProgram(id, reply)).ok()?;
+        rx.await.ok()
+    }
+
     /// Per-tenant counters of the scheduling policy from async code (empty for FCFS);
     /// `None` once the engine has shut down.
     pub async fn tenants_async(&self) -> Option<Vec<TenantStats>> {
@@ -140,6 +149,9 @@ impl<R: ModelRunner> Loop<R> {
             }
             Command::Tenants(reply) => {
                 let _ = reply.send(self.engine.tenant_stats());
+            }
+            Command::ReleaseProgram(id, reply) => {
+                let _ = reply.send(self.engine.release_program(&id));
             }
             Command::Shutdown => return false,
         }

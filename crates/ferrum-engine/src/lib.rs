@@ -4,6 +4,8 @@
 //! - [`radix`]: the prefix cache, a radix tree of block-aligned prefixes with LRU eviction.
 //! - [`scheduler`] + [`policy`]: per-step token budget, chunked prefill, cache-aware
 //!   admission and preemption; the policy decides order.
+//! - [`retention`] + [`predictor`]: agent programs' KV pinned across tool calls for a TTL
+//!   predicted per tool (`lru`, `ttl`, `pin-all`).
 //! - [`fair`]: hierarchical weighted fairness (tenant -> user -> request) by virtual-token
 //!   accounting, with per-tenant limits.
 //! - [`engine`]: the synchronous core ([`Engine`]); [`handle`]: the loop thread
@@ -43,8 +45,10 @@ pub mod fair;
 pub mod handle;
 pub mod llama_runner;
 pub mod policy;
+pub mod predictor;
 pub mod radix;
 pub mod request;
+pub mod retention;
 pub mod scheduler;
 pub mod spec;
 mod stream;
@@ -56,5 +60,7 @@ pub use fair::{FairConfig, FairPolicy, TenantLimits, TenantSpec, TenantStats};
 pub use handle::EngineHandle;
 pub use llama_runner::{kv_capacity, parse_bytes, KvBudget, KvCapacity};
 pub use policy::{Fcfs, RequestInfo, SchedulingPolicy};
+pub use predictor::{GapPredictor, PredictorConfig};
 pub use request::{Event, FinishReason, Request, RequestId, SubmitError, TokenLogprob, Usage};
+pub use retention::{Clock, KvRetention, RetentionConfig, RetentionCounters};
 pub use spec::{Drafter, SpecConfig, SpecCounters, SpecKey, SpecMethod, SpecStats};

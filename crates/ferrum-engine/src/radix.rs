@@ -19,6 +19,10 @@
 //! locked nodes are never evicted. Unlocked leaves sit in an ordered set keyed by
 //! `(last-access tick, node)`, so LRU eviction is O(log n) per block, with no heap rebuild.
 //! Invariant (checked by [`RadixCache::check_invariants`]): `evictable + in_use == cached`.
+//!
+//! Retention pins ([`RadixCache::pin`], used by [`crate::retention`]) keep a finished agent
+//! turn's path cached: a pin is a lock that also counts on each node (`pin <= lock`), so
+//! pinned blocks can be counted against their cap; only the retention module unpins them.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -68,6 +72,7 @@ struct Node {
     block: u32,
     children: HashMap<Vec<u32>, NodeId>,
     lock: u32,
+    pin: u32,
     tick: u64,
 }
 
@@ -82,6 +87,7 @@ pub struct RadixCache {
     tick: u64,
     cached: usize,
     in_use: usize,
+    pinned: usize,
     counters: CacheCounters,
 }
 
@@ -98,6 +104,7 @@ impl RadixCache {
             tick: 0,
             cached: 0,
             in_use: 0,
+            pinned: 0,
             counters: CacheCounters::default(),
         }
     }
@@ -138,6 +145,7 @@ impl RadixCache {
             block: u32::MAX,
             children: HashMap::new(),
             lock: 0,
+            pin: 0,
             tick: 0,
         });
         self.roots.insert(salt, r);
@@ -247,6 +255,58 @@ impl RadixCache {
         }
     }
 
+    /// Pins `node`'s path for retention: a [`lock`](Self::lock) that also counts as pinned.
+    pub fn pin(&mut self, node: NodeId) {
+        self.lock(node);
+        let mut cur = Some(node);
+        while let Some(id) = cur {
+            let n = self.node_mut(id);
+            let Some(parent) = n.parent else { break };
+            n.pin += 1;
+            if n.pin == 1 {
+                self.pinned += 1;
+            }
+            cur = Some(parent);
+        }
+    }
+
+    /// Undoes one [`pin`](Self::pin) of `node` (its blocks become evictable if unlocked).
+    pub fn unpin(&mut self, node: NodeId) {
+        let mut cur = Some(node);
+        while let Some(id) = cur {
+            let n = self.node_mut(id);
+            let Some(parent) = n.parent else { break };
+            assert!(
+                n.pin > 0,
+                "unpin of an unpinned radix node: programming error"
+            );
+            n.pin -= 1;
+            if n.pin == 0 {
+                self.pinned -= 1;
+            }
+            cur = Some(parent);
+        }
+        self.unlock(node);
+    }
+
+    /// Blocks a [`pin`](Self::pin) of `node` would add to the pinned count.
+    pub fn pin_cost(&self, node: NodeId) -> usize {
+        let mut cur = Some(node);
+        let mut cost = 0;
+        while let Some(id) = cur {
+            let n = self.node(id);
+            let Some(parent) = n.parent else { break };
+            cost += usize::from(n.pin == 0);
+            cur = Some(parent);
+        }
+        cost
+    }
+
+    /// Blocks on some retention pin's path.
+    pub fn pinned_blocks(&self) -> usize {
+        self.pinned
+    }
+
     /// Caches the full blocks of `tokens` (block `i` of `blocks` holds tokens
     /// `i*block_size..`). Blocks whose prefix is already cached are left to the caller;
     /// returns the blocks the tree adopted, on which the caller must take a reference.
@@ -276,6 +336,7 @@ impl RadixCache {
                 block,
                 children: HashMap::new(),
                 lock: 0,
+                pin: 0,
                 tick: 0,
             });
             self.node_mut(node).children.insert(chunk.to_vec(), child);
@@ -321,7 +382,7 @@ impl RadixCache {
         self.cached
     }
 
-    /// Cached blocks on a path some request has locked.
+    /// Cached blocks on a path some request (or a retention pin) has locked.
     pub fn in_use_blocks(&self) -> usize {
         self.in_use
     }
@@ -343,7 +404,7 @@ impl RadixCache {
 
     /// Recomputes every counter and the evictable set from the nodes and compares.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let (mut cached, mut in_use) = (0, 0);
+        let (mut cached, mut in_use, mut pinned) = (0, 0, 0);
         let mut leaves = BTreeSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let Some(n) = n else { continue };
@@ -358,6 +419,10 @@ impl RadixCache {
                 continue;
             }
             cached += 1;
+            if n.pin > n.lock {
+                return Err(format!("node {id:?} has more pins than locks"));
+            }
+            pinned += usize::from(n.pin > 0);
             if n.lock > 0 {
                 in_use += 1;
             }
@@ -371,6 +436,9 @@ impl RadixCache {
                 "counters cached={} in_use={} but tree has cached={cached} in_use={in_use}",
                 self.cached, self.in_use
             ));
+        }
+        if pinned != self.pinned {
+            return Err(format!("pinned={} but tree has {pinned}", self.pinned));
         }
         if leaves != self.evictable_leaves {
             return Err("evictable leaf set is stale".into());

@@ -37,6 +37,8 @@ pub struct Request {
     pub program: Option<String>,
     /// Speculative decoding method for this request; `None` uses the engine's default.
     pub speculative: Option<crate::spec::SpecMethod>,
+    /// Tool the program waits on after this turn (for retention TTL prediction).
+    pub tool: Option<String>,
 }
 
 impl Request {
@@ -54,6 +56,7 @@ impl Request {
             user: None,
             program: None,
             speculative: None,
+            tool: None,
         }
     }
 }

@@ -27,6 +27,11 @@
 //! into the prefix cache, the rest are freed, and it waits to be recomputed. No new request
 //! is admitted in a step that preempted. A request that fits the pool alone always
 //! progresses: the first running request may preempt all others.
+//!
+//! Agent programs ([`crate::retention`]): a finished turn that names a program may leave
+//! its cache path pinned. Pins are dropped when expired (checked at the start of every
+//! step), and when blocks are short right after unpinned cached blocks, before any
+//! preemption; a waiting turn of a pinned program is admitted before other requests.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -35,6 +40,7 @@ use crate::block_pool::BlockPool;
 use crate::policy::{RequestInfo, SchedulingPolicy};
 use crate::radix::{NodeId, RadixCache};
 use crate::request::RequestId;
+use crate::retention::{Retention, RetentionConfig};
 
 /// Scheduler limits (a subset of [`crate::EngineConfig`]).
 #[derive(Debug, Clone)]
@@ -65,6 +71,8 @@ pub struct SeqMeta {
     pub user: Option<String>,
     /// Agent program / session, if any.
     pub program: Option<String>,
+    /// The tool the program waits on after this turn, if named.
+    pub tool: Option<String>,
     /// Prefix-cache partition (0 = shared).
     pub salt: u64,
     /// Only this many leading tokens may be looked up in or published to the cache (a
@@ -172,6 +180,7 @@ pub struct Scheduler {
     running: Vec<RequestId>,
     next_arrival: u64,
     counters: SchedCounters,
+    retention: Retention,
 }
 
 fn info(id: RequestId, s: &SeqState, hit: usize) -> RequestInfo<'_> {
@@ -191,11 +200,21 @@ fn info(id: RequestId, s: &SeqState, hit: usize) -> RequestInfo<'_> {
     }
 }
 
-/// Takes `n` blocks, evicting unlocked cached blocks if the free queue is short.
-fn alloc(pool: &mut BlockPool, cache: &mut RadixCache, n: usize) -> Option<Vec<u32>> {
+/// Takes `n` blocks, evicting unlocked cached blocks if the free queue is short, then (when
+/// `ret` is given) dropping retention pins one by one (never failing while a pinned block
+/// could go). Speculative drafts pass `None`: an optional draft never costs a pin.
+fn alloc(
+    pool: &mut BlockPool,
+    cache: &mut RadixCache,
+    mut ret: Option<&mut Retention>,
+    n: usize,
+) -> Option<Vec<u32>> {
     while pool.num_free() < n {
         let evicted = cache.evict(n - pool.num_free());
         if evicted.is_empty() {
+            if ret.as_deref_mut().is_some_and(|r| r.reclaim_one(cache)) {
+                continue;
+            }
             return None;
         }
         pool.release(&evicted);
@@ -204,13 +223,22 @@ fn alloc(pool: &mut BlockPool, cache: &mut RadixCache, n: usize) -> Option<Vec<u
 }
 
 /// Gives back a request's blocks: computed full blocks to the cache, the rest to the pool.
-fn release(pool: &mut BlockPool, cache: &mut RadixCache, use_cache: bool, s: &mut SeqState) {
+/// Returns the end of the cached path and its tokens, if any block is cached.
+fn release(
+    pool: &mut BlockPool,
+    cache: &mut RadixCache,
+    use_cache: bool,
+    s: &mut SeqState,
+) -> Option<(NodeId, usize)> {
+    let mut end = None;
     if use_cache {
         let full = s.publishable(cache.block_size());
         let toks = &s.tokens[..full * cache.block_size()];
-        for b in cache.insert(s.meta.salt, toks, &s.blocks[..full]) {
+        let ins = cache.insert_path(s.meta.salt, toks, &s.blocks[..full]);
+        for &b in &ins.adopted {
             pool.incref(b);
         }
+        end = (full > 0).then_some((ins.node, toks.len()));
     }
     if let Some(node) = s.node.take() {
         cache.unlock(node);
@@ -219,6 +247,7 @@ fn release(pool: &mut BlockPool, cache: &mut RadixCache, use_cache: bool, s: &mu
     s.blocks.clear();
     s.computed = 0;
     s.on_path = 0;
+    end
 }
 
 /// Inserts a running request's computed full blocks that are not yet on its cache path and
@@ -253,7 +282,42 @@ impl Scheduler {
             running: Vec::new(),
             next_arrival: 0,
             counters: SchedCounters::default(),
+            retention: Retention::new(RetentionConfig::default()),
         }
+    }
+
+    /// Sets the KV retention policy for agent programs (before any request is added).
+    pub fn set_retention(&mut self, cfg: RetentionConfig) {
+        let clock = self.retention.clock().clone();
+        self.retention = Retention::new(cfg);
+        self.retention.set_clock(clock);
+    }
+
+    /// The retention state (pins, predictor, counters).
+    pub fn retention(&self) -> &Retention {
+        &self.retention
+    }
+
+    /// Replaces the retention clock (tests and simulations).
+    pub fn set_clock(&mut self, clock: crate::retention::Clock) {
+        self.retention.set_clock(clock);
+    }
+
+    /// Ends an agent program: drops its pinned KV. Returns whether it was known.
+    pub fn release_program(&mut self, program: &str) -> bool {
+        self.retention.release_program(program, &mut self.cache)
+    }
+
+    /// Share of the pool that running work, pins and waiting requests need (0..=1).
+    fn pressure(&self) -> f64 {
+        let total = self.cfg.num_blocks.max(1);
+        let held = total - self.pool.num_free() - self.cache.evictable_blocks().min(total);
+        let waiting: usize = self
+            .waiting
+            .iter()
+            .map(|id| self.blocks_for(self.seqs[id].tokens.len()))
+            .sum();
+        ((held + waiting) as f64 / total as f64).min(1.0)
     }
 
     /// Queues a new request (the caller has validated it).
@@ -280,6 +344,9 @@ impl Scheduler {
             },
         );
         self.policy.on_arrive(&info(id, &self.seqs[&id], 0));
+        if let Some(p) = self.seqs[&id].meta.program.as_deref() {
+            self.retention.on_arrive(p, arrival);
+        }
         self.waiting.push(id);
     }
 
@@ -302,6 +369,7 @@ impl Scheduler {
         let mut out = Schedule::default();
         let mut budget = self.cfg.max_batched_tokens;
         let mut scheduled: HashSet<RequestId> = HashSet::new();
+        self.retention.expire(&mut self.cache);
         let infos: Vec<RequestInfo<'_>> = self
             .running
             .iter()
@@ -335,7 +403,7 @@ impl Scheduler {
             let mut spec_blocks = if draft.is_empty() {
                 None
             } else {
-                alloc(&mut self.pool, &mut self.cache, spec_need)
+                alloc(&mut self.pool, &mut self.cache, None, spec_need)
             };
             if spec_blocks.is_none() {
                 draft.clear();
@@ -345,7 +413,12 @@ impl Scheduler {
                 if let Some(b) = spec_blocks.take() {
                     break Some(b);
                 }
-                if let Some(b) = alloc(&mut self.pool, &mut self.cache, need) {
+                if let Some(b) = alloc(
+                    &mut self.pool,
+                    &mut self.cache,
+                    Some(&mut self.retention),
+                    need,
+                ) {
                     break Some(b);
                 }
                 let cands: Vec<RequestId> = self
@@ -416,7 +489,12 @@ impl Scheduler {
                     info(*id, s, hit)
                 })
                 .collect();
-            let Some(k) = self.policy.pick_admit(&infos) else {
+            let programs: Vec<Option<&str>> = infos.iter().map(|i| i.program).collect();
+            let Some(k) = self
+                .retention
+                .preferred(&programs)
+                .or_else(|| self.policy.pick_admit(&infos))
+            else {
                 break;
             };
             let Some(&id) = cands.get(k) else {
@@ -441,7 +519,12 @@ impl Scheduler {
             let hit = hit_blocks_len * bs;
             let n = (s.tokens.len() - hit).min(*budget);
             let need = (hit + n).div_ceil(bs) - hit_blocks.len();
-            let Some(fresh) = alloc(&mut self.pool, &mut self.cache, need) else {
+            let Some(fresh) = alloc(
+                &mut self.pool,
+                &mut self.cache,
+                Some(&mut self.retention),
+                need,
+            ) else {
                 if let Some(node) = node {
                     self.cache.unlock(node);
                 }
@@ -465,6 +548,9 @@ impl Scheduler {
                 needs_logits: hit + n == s.tokens.len(),
                 draft: Vec::new(),
             });
+            if let Some(p) = s.meta.program.as_deref() {
+                self.retention.on_admit(p, &mut self.cache);
+            }
             self.waiting.retain(|w| *w != id);
             self.running.push(id);
             self.policy.on_admit(&info(id, &self.seqs[&id], hit));
@@ -589,7 +675,7 @@ impl Scheduler {
         let mut s = self.seqs.remove(&id)?;
         self.policy.on_finish(&info(id, &s, s.hit));
         s.draft.clear();
-        release(
+        let end = release(
             &mut self.pool,
             &mut self.cache,
             self.cfg.enable_prefix_cache,
@@ -597,6 +683,17 @@ impl Scheduler {
         );
         self.running.retain(|r| *r != id);
         self.waiting.retain(|r| *r != id);
+        if let Some(p) = s.meta.program.as_deref() {
+            let pressure = self.pressure();
+            self.retention.on_finish(
+                p,
+                s.meta.tool.as_deref(),
+                end,
+                pressure,
+                &mut self.cache,
+                self.cfg.num_blocks,
+            );
+        }
         Some(s)
     }
 

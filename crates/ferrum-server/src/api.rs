@@ -110,6 +110,7 @@ async fn run(
 pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
     who: Option<Extension<Identity>>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
@@ -117,7 +118,8 @@ pub(crate) async fn chat_completions(
         let bytes = body_bytes(&state, body)?;
         let model = ready_model(&state)?;
         let body = Body::parse(&bytes)?;
-        let (p, turns) = params::chat(&body)?;
+        let (mut p, turns) = params::chat(&body)?;
+        params::program_headers(&mut p, &headers)?;
         check_model(&model, p.model.as_deref())?;
         let text = model
             .codec
@@ -138,6 +140,7 @@ pub(crate) async fn chat_completions(
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
     who: Option<Extension<Identity>>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
@@ -145,7 +148,8 @@ pub(crate) async fn completions(
         let bytes = body_bytes(&state, body)?;
         let model = ready_model(&state)?;
         let body = Body::parse(&bytes)?;
-        let (p, prompt) = params::completion(&body)?;
+        let (mut p, prompt) = params::completion(&body)?;
+        params::program_headers(&mut p, &headers)?;
         check_model(&model, p.model.as_deref())?;
         let enc = |t: &str| model.codec.encode_prompt(t).map_err(codec_err("prompt"));
         let prompts = match prompt {

@@ -130,8 +130,9 @@ pub(crate) async fn submit(
                 logprobs: p.logprobs,
                 tenant: job.who.tenant.clone(),
                 user: p.user.clone().or_else(|| job.who.user.clone()),
-                program: None,
                 speculative: p.speculative,
+                program: p.program.clone(),
+                tool: p.tool.clone(),
             };
             let (_, rx) = model
                 .engine

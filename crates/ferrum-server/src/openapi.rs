@@ -130,7 +130,11 @@ fn common_params() -> Map<String, Value> {
         "stream_options": { "type": "object", "properties": { "include_usage": { "type": "boolean" } } },
         "user": { "type": "string" },
         "ignore_eos": { "type": "boolean", "default": false },
-        "speculative": { "type": "string", "enum": ["off", "ngram", "suffix", "draft"] }
+        "speculative": { "type": "string", "enum": ["off", "ngram", "suffix", "draft"] },
+        "program": { "type": "string", "minLength": 1, "maxLength": 256,
+            "description": "Agent program id (or header X-Program-Id): its KV may be kept between turns." },
+        "tool": { "type": "string", "minLength": 1, "maxLength": 256,
+            "description": "Tool the program waits on after this turn (or header X-Program-Tool)." }
     }))
 }
 
@@ -374,7 +378,7 @@ pub fn spec() -> Value {
     } });
     let mut health_503 = json_ok("Loading or draining.", status.clone());
     health_503["headers"] = retry_after();
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Ferrum",
@@ -466,7 +470,29 @@ pub fn spec() -> Value {
                 "responses": { "200": json_ok("OpenAPI 3.1 document.", json!({ "type": "object" })) }
             } }
         }
-    })
+    });
+    doc["paths"]["/v1/programs/{program}"] = program_path();
+    doc
+}
+
+/// `DELETE /v1/programs/{program}` (built apart: one `json!` has a recursion limit).
+fn program_path() -> Value {
+    json!({ "delete": {
+        "summary": "End an agent program, releasing its retained KV",
+        "security": optional_bearer(),
+        "parameters": [ { "name": "program", "in": "path", "required": true, "schema": { "type": "string" } } ],
+        "responses": with_errors(object(json!({
+            "200": json_ok("Whether the program was known.", json!({
+                "type": "object",
+                "required": ["id", "object", "deleted"],
+                "properties": {
+                    "id": { "type": "string" },
+                    "object": { "const": "program" },
+                    "deleted": { "type": "boolean" }
+                }
+            }))
+        })), &[401, 503])
+    } })
 }
 
 /// `(METHOD, path, example body)` for each operation in the spec that has a request example.

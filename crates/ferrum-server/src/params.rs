@@ -103,6 +103,49 @@ pub(crate) struct GenParams {
     pub ignore_eos: bool,
     /// Speculative decoding override (`None`: the server's `--speculative`).
     pub speculative: Option<ferrum_engine::SpecMethod>,
+    /// Agent program id (`program` field or `X-Program-Id` header): its KV may be retained
+    /// between turns.
+    pub program: Option<String>,
+    /// Tool the program waits on after this turn (`tool` field or `X-Program-Tool`).
+    pub tool: Option<String>,
+}
+
+/// Longest accepted program id or tool name.
+const MAX_PROGRAM_ID: usize = 256;
+
+/// Fills `program` / `tool` from the `X-Program-Id` / `X-Program-Tool` headers where the
+/// body did not set them, and checks both are 1..=256 characters.
+pub(crate) fn program_headers(
+    p: &mut GenParams,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
+    let header = |name: &str| -> Result<Option<String>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map(str::to_string).map_err(|_| {
+                    ApiError::invalid(None, format!("header {name} must be visible ASCII"))
+                })
+            })
+            .transpose()
+    };
+    if p.program.is_none() {
+        p.program = header("x-program-id")?;
+    }
+    if p.tool.is_none() {
+        p.tool = header("x-program-tool")?;
+    }
+    for (name, v) in [("program", &p.program), ("tool", &p.tool)] {
+        if v.as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > MAX_PROGRAM_ID)
+        {
+            return Err(ApiError::invalid(
+                Some(name.to_string()),
+                format!("'{name}' must be 1 to {MAX_PROGRAM_ID} characters"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `v` as the sampler's `f32` if it lies in `[lo, hi]`. The check is made on the JSON value
@@ -242,6 +285,8 @@ pub(crate) fn common(body: &Body, max_tokens_names: &[&str]) -> Result<GenParams
         user: body.get::<String>("user")?,
         ignore_eos: body.get::<bool>("ignore_eos")?.unwrap_or(false),
         speculative,
+        program: body.get::<String>("program")?,
+        tool: body.get::<String>("tool")?,
     })
 }
 

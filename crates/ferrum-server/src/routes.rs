@@ -32,6 +32,11 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<Shared>)> {
             get(crate::tenants::admin_tenants),
         ),
         (Method::GET, "/openapi.json", get(openapi)),
+        (
+            Method::DELETE,
+            "/v1/programs/{program}",
+            axum::routing::delete(delete_program),
+        ),
     ]
 }
 
@@ -183,6 +188,20 @@ async fn get_model(State(state): State<Shared>, Path(name): Path<String>) -> Res
         }
         Ok(_) => ApiError::model_not_found(&name).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /v1/programs/{program}`: ends an agent program, releasing its retained KV.
+async fn delete_program(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let model = match ready_model(&state) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    match model.engine.release_program_async(id.clone()).await {
+        Some(deleted) => {
+            Json(json!({ "id": id, "object": "program", "deleted": deleted })).into_response()
+        }
+        None => ApiError::unavailable("the engine has stopped", "engine_stopped").into_response(),
     }
 }
 
