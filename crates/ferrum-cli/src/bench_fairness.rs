@@ -31,6 +31,10 @@ pub struct FairnessArgs {
     /// Token budget of one step.
     #[arg(long, default_value_t = 24)]
     max_batched_tokens: usize,
+    /// Steps per time window of the per-window shares (default: the measured interval in
+    /// about six windows).
+    #[arg(long)]
+    window_steps: Option<u64>,
     /// Print `{"fair": {...}, "fcfs": {...}}` instead of a table.
     #[arg(long)]
     json: bool,
@@ -65,7 +69,10 @@ fn run_one(a: &FairnessArgs, s: Scenario, policy: Box<dyn SchedulingPolicy>) -> 
         COSTS,
         (300, 20_000),
     );
-    Ok(s.summarize(&r))
+    let window = a
+        .window_steps
+        .unwrap_or_else(|| s.default_window_steps(a.steps));
+    Ok(s.summarize_windows(&r, window))
 }
 
 fn print_table(s: Scenario, a: &FairnessArgs, fair: &Summary, fcfs: &Summary) {
@@ -93,6 +100,30 @@ fn print_table(s: Scenario, a: &FairnessArgs, fair: &Summary, fcfs: &Summary) {
             c.ttft_p99_s
         );
     }
+    println!(
+        "share by window of {} steps (fair share in brackets):",
+        fair.window_steps
+    );
+    let pct = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{:5.1}", 100.0 * x))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for (f, c) in fair.clients.iter().zip(&fcfs.clients) {
+        println!(
+            "{:<10} [{:5.1}%] | fair {} | fcfs {}",
+            f.name,
+            100.0 * f.fair_share,
+            pct(&f.share_by_window),
+            pct(&c.share_by_window)
+        );
+    }
+    println!(
+        "worst window deviation from the fair share: fair {:.1} points, fcfs {:.1} points",
+        100.0 * fair.max_window_share_dev,
+        100.0 * fcfs.max_window_share_dev
+    );
     println!(
         "max service diff: fair {:.0}, fcfs {:.0} (bound {:.0}); Jain: fair {:.3}, fcfs {:.3}; output tok/s: fair {:.1}, fcfs {:.1}",
         fair.max_service_diff,

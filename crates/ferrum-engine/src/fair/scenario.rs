@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::sim::{quantile, Client, SimReport};
+use super::sim::{max_window_deviation, quantile, Client, SimReport};
 use super::TenantSpec;
 
 /// One fairness scenario.
@@ -128,6 +128,11 @@ pub struct ClientSummary {
     pub name: String,
     /// Fraction of the weighted service in the window.
     pub share: f64,
+    /// Its fair share: weight over the sum of the weights.
+    pub fair_share: f64,
+    /// Fraction of the weighted service in each time window of `window_steps` steps tiling
+    /// the measured interval, in order.
+    pub share_by_window: Vec<f64>,
     /// Median time to first token, seconds.
     pub ttft_p50_s: f64,
     /// 99th-percentile time to first token, seconds.
@@ -147,25 +152,48 @@ pub struct Summary {
     pub max_service_diff: f64,
     /// Jain's index of the weight-normalised service in the window.
     pub jain: f64,
+    /// Steps per time window of `share_by_window`.
+    pub window_steps: u64,
+    /// Largest `|share - fair share|` of any client in any time window (windows in which
+    /// nobody was served are skipped).
+    pub max_window_share_dev: f64,
     /// Generated tokens per second over the run.
     pub output_tokens_per_s: f64,
 }
 
 impl Scenario {
-    /// Summarises a run of this scenario.
+    /// Steps per time window by default: the measured interval cut into about six windows.
+    pub fn default_window_steps(self, steps: u64) -> u64 {
+        let (from, to) = self.window(steps);
+        (to.saturating_sub(from)).div_ceil(6).max(1)
+    }
+
+    /// Summarises a run of this scenario with the default time windows.
     pub fn summarize(self, r: &SimReport) -> Summary {
+        self.summarize_windows(r, self.default_window_steps(r.steps))
+    }
+
+    /// Summarises a run of this scenario, with per-client shares over time windows of
+    /// `window_steps` steps.
+    pub fn summarize_windows(self, r: &SimReport, window_steps: u64) -> Summary {
+        let window_steps = window_steps.max(1);
         let (from, to) = self.window(r.steps);
         let shares = r.shares(from, to);
+        let by_window = r.window_shares(from, to, window_steps);
+        let fair = r.fair_shares();
         let all: Vec<usize> = (0..r.clients.len()).collect();
         let clients = r
             .clients
             .iter()
             .zip(shares)
-            .map(|(c, share)| {
+            .zip(by_window.iter().zip(&fair))
+            .map(|((c, share), (w, &fair_share))| {
                 let (steps, secs) = c.ttft_since(from);
                 ClientSummary {
                     name: c.name.clone(),
                     share,
+                    fair_share,
+                    share_by_window: w.clone(),
                     ttft_p50_s: quantile(&secs, 0.5),
                     ttft_p99_s: quantile(&secs, 0.99),
                     ttft_p99_steps: quantile(&steps, 0.99),
@@ -176,6 +204,8 @@ impl Scenario {
             clients,
             max_service_diff: r.max_service_diff(&all, from),
             jain: r.jain(&all, from, to),
+            window_steps,
+            max_window_share_dev: max_window_deviation(&by_window, &fair),
             output_tokens_per_s: r.output_tokens_per_s(),
         }
     }

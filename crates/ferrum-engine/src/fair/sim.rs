@@ -129,6 +129,30 @@ impl SimReport {
             .collect()
     }
 
+    /// Each client's share per window of `window` steps tiling `[from, to)` (the last one
+    /// may be shorter): `result[client][window]`. A share over the whole interval hides
+    /// bursts of unfairness; per-window shares show whether a client is starved for a while
+    /// and caught up later. A window in which nobody was served gives every client 0.
+    pub fn window_shares(&self, from: u64, to: u64, window: u64) -> Vec<Vec<f64>> {
+        let mut out = vec![Vec::new(); self.clients.len()];
+        for (a, b) in windows(from, to, window) {
+            for (o, s) in out.iter_mut().zip(self.shares(a, b)) {
+                o.push(s);
+            }
+        }
+        out
+    }
+
+    /// Each client's fair share: its weight over the sum of the weights (all clients are
+    /// assumed backlogged in the measured interval).
+    pub fn fair_shares(&self) -> Vec<f64> {
+        let total: f64 = self.clients.iter().map(|c| c.weight).sum();
+        self.clients
+            .iter()
+            .map(|c| if total > 0.0 { c.weight / total } else { 0.0 })
+            .collect()
+    }
+
     /// Jain's fairness index of the weight-normalised service of `idx` in `[from, to)`.
     pub fn jain(&self, idx: &[usize], from: u64, to: u64) -> f64 {
         let x: Vec<f64> = idx
@@ -161,6 +185,40 @@ impl SimReport {
     pub fn output_tokens_per_s(&self) -> f64 {
         self.output_tokens as f64 / self.elapsed_s.max(1e-9)
     }
+}
+
+/// The windows `[a, b)` of `window` steps (at least 1) tiling `[from, to)`; the last may be
+/// shorter. Empty when `to <= from`.
+pub fn windows(from: u64, to: u64, window: u64) -> Vec<(u64, u64)> {
+    let w = window.max(1);
+    let mut v = Vec::new();
+    let mut a = from;
+    while a < to {
+        let b = (a + w).min(to);
+        v.push((a, b));
+        a = b;
+    }
+    v
+}
+
+/// Largest `|share - fair|` over every client and window of `by_window` (as from
+/// [`SimReport::window_shares`]), skipping windows in which nobody was served (all shares 0).
+pub fn max_window_deviation(by_window: &[Vec<f64>], fair: &[f64]) -> f64 {
+    let n = by_window.iter().map(Vec::len).max().unwrap_or(0);
+    let mut worst: f64 = 0.0;
+    for w in 0..n {
+        let col: Vec<f64> = by_window
+            .iter()
+            .map(|c| c.get(w).copied().unwrap_or(0.0))
+            .collect();
+        if col.iter().all(|&x| x == 0.0) {
+            continue;
+        }
+        for (s, f) in col.iter().zip(fair) {
+            worst = worst.max((s - f).abs());
+        }
+    }
+    worst
 }
 
 /// Jain's index `(sum x)^2 / (n * sum x^2)`: 1 when all equal, `1/n` when one gets all.

@@ -342,3 +342,70 @@ fn heavy_vs_light_scenario_keeps_light_ttft_within_twice_alone() {
     // Under FCFS the light requests queue behind the heavy backlog.
     assert!(p99(&fcfs, 1) > 2.0 * p99(&alone, 0));
 }
+
+#[test]
+fn windows_tile_the_interval_with_a_shorter_last_one() {
+    assert_eq!(sim::windows(10, 35, 10), vec![(10, 20), (20, 30), (30, 35)]);
+    assert_eq!(sim::windows(0, 4, 0), vec![(0, 1), (1, 2), (2, 3), (3, 4)]);
+    assert!(sim::windows(5, 5, 3).is_empty());
+}
+
+#[test]
+fn window_shares_follow_the_service_of_each_window() {
+    // Client a is served 3 per step for 10 steps then 1 per step; b 1 per step throughout.
+    let cum = |f: &dyn Fn(u64) -> f64| (1..=20).map(|s| (0..s).map(f).sum()).collect();
+    let mk = |name: &str, service| sim::ClientReport {
+        name: name.into(),
+        weight: 1.0,
+        service,
+        ..Default::default()
+    };
+    let r = sim::SimReport {
+        clients: vec![
+            mk("a", cum(&|s| if s < 10 { 3.0 } else { 1.0 })),
+            mk("b", cum(&|_| 1.0)),
+        ],
+        steps: 20,
+        ..Default::default()
+    };
+    let w = r.window_shares(0, 20, 10);
+    assert_eq!(w, vec![vec![0.75, 0.5], vec![0.25, 0.5]]);
+    assert_eq!(r.fair_shares(), vec![0.5, 0.5]);
+    let dev = sim::max_window_deviation(&w, &r.fair_shares());
+    assert!((dev - 0.25).abs() < 1e-12, "deviation {dev}");
+    // A window in which nobody was served does not count as a deviation.
+    assert_eq!(
+        sim::max_window_deviation(&[vec![0.0, 0.5], vec![0.0, 0.5]], &[0.5, 0.5]),
+        0.0
+    );
+}
+
+#[test]
+fn fair_policy_keeps_every_window_near_the_fair_share_and_fcfs_does_not() {
+    let s = scenario::Scenario::HeavyVsLight;
+    let summary = |policy| {
+        let mut e = engine(cfg(), policy);
+        let r = sim::run(&mut e, &heavy_light(), 300, (1.0, 2.0), (1, VOCAB as u32));
+        s.summarize_windows(&r, 25)
+    };
+    let f = summary(fair(vec![]));
+    // Steps 50..300 in windows of 25: ten windows per client, each window's shares sum to 1.
+    for c in &f.clients {
+        assert_eq!(c.share_by_window.len(), 10, "{}", c.name);
+    }
+    for w in 0..10 {
+        let sum: f64 = f.clients.iter().map(|c| c.share_by_window[w]).sum();
+        assert!((sum - 1.0).abs() < 1e-9, "window {w} sums to {sum}");
+    }
+    assert!(
+        f.max_window_share_dev <= 0.1,
+        "fair dev {}",
+        f.max_window_share_dev
+    );
+    let c = summary(Box::new(Fcfs));
+    assert!(
+        c.max_window_share_dev > 0.1,
+        "fcfs dev {}",
+        c.max_window_share_dev
+    );
+}
