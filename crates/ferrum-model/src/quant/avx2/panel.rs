@@ -25,7 +25,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
-use super::{hsum8, ld_f16, ld_f16x2, nib32};
+use super::{hsum8, ld_f16, ld_f16x2, nib32, prefetch_ahead, PF_TILES};
 
 /// Blocks whose scale products one pre-pass computes (the scratch is `8 * CHUNK` floats).
 const CHUNK: usize = 64;
@@ -281,7 +281,10 @@ unsafe fn gemv<const R: usize>(
     // Lane 1 of each is the row's running `m_w * s_a` sum (Q4_1); lane 0 is scratch.
     let mut summ = [_mm_setzero_ps(); R];
     let (wb, ab, aq_off) = (fmt.w_block(), fmt.a_block(), fmt.a_q());
+    // The R rows are contiguous, and so are the next tiles: stream them in ahead of use.
+    let pf = w.wrapping_add(PF_TILES * R * ws);
     for b in 0..nb {
+        prefetch_ahead(pf, b, R * wb);
         let ap = a.add(b * ab);
         let aq = _mm256_loadu_si256(ap.add(aq_off).cast());
         match fmt {
