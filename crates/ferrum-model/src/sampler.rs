@@ -221,11 +221,23 @@ impl Sampler {
             self.cand = cand;
             token
         };
+        self.restore(logits, saved, token, lse, top)
+    }
+
+    /// Undoes the penalties' in-place edits of `logits` (keeping the buffer for the next call)
+    /// and reports `token` with its log-probability under the raw logits.
+    fn restore(
+        &mut self,
+        logits: &mut [f32],
+        saved: Vec<(u32, f32)>,
+        token: u32,
+        lse: f32,
+        top: Vec<(u32, f32)>,
+    ) -> Sampled {
         for &(id, v) in saved.iter().rev() {
             logits[id as usize] = v;
         }
         self.saved = saved;
-
         let logprob = logits
             .get(token as usize)
             .map_or(f32::NEG_INFINITY, |&l| logprob_of(l, lse));
@@ -289,21 +301,7 @@ impl Sampler {
             pick.map_or((draft, true), |id| (id, false))
         };
         self.cand = cand;
-        for &(id, v) in saved.iter().rev() {
-            logits[id as usize] = v;
-        }
-        self.saved = saved;
-        let logprob = logits
-            .get(token as usize)
-            .map_or(f32::NEG_INFINITY, |&l| logprob_of(l, lse));
-        (
-            Sampled {
-                token,
-                logprob,
-                top,
-            },
-            accepted,
-        )
+        (self.restore(logits, saved, token, lse, top), accepted)
     }
 
     /// Probability distribution after penalties/temperature/top-k/top-p/min-p, as sparse (id, prob) sorted by prob desc: needed later for exact speculative decoding (rejection sampling).
