@@ -262,6 +262,7 @@ impl Metrics {
         }
         if let Some(s) = engine {
             render_spec(&mut out, &s.spec);
+            render_retention(&mut out, s);
         }
         let _ = writeln!(
             out,
@@ -297,6 +298,47 @@ impl Metrics {
 
 /// Speculative decoding counters, labelled by drafter, decode batch bucket and prefix-cache
 /// hit, plus the mean accepted draft length per drafter.
+/// Agent-program KV retention: blocks pinned now, and what happened to pins and returning
+/// turns (a turn that finds its program pinned skips re-prefilling its history).
+fn render_retention(out: &mut String, s: &EngineStats) {
+    let _ = writeln!(
+        out,
+        "# HELP ferrum_kv_blocks_pinned KV blocks pinned for agent programs between turns.\n# TYPE ferrum_kv_blocks_pinned gauge\nferrum_kv_blocks_pinned {}",
+        s.pinned_blocks
+    );
+    let r = &s.retention;
+    let events = [
+        ("pinned", r.pins),
+        ("skipped", r.skipped),
+        ("expired", r.expired),
+        ("reclaimed", r.reclaimed),
+        ("displaced", r.displaced),
+        ("released", r.released),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP ferrum_retention_pins_total Program pins by what happened to them.\n# TYPE ferrum_retention_pins_total counter"
+    );
+    for (event, v) in events {
+        let _ = writeln!(out, "ferrum_retention_pins_total{{event=\"{event}\"}} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ferrum_retention_returns_total Program turns by whether their KV was still pinned.\n# TYPE ferrum_retention_returns_total counter\nferrum_retention_returns_total{{pinned=\"true\"}} {}\nferrum_retention_returns_total{{pinned=\"false\"}} {}",
+        r.returns_pinned, r.returns_unpinned
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ferrum_retention_pinned_block_seconds_total Pinned KV held over time.\n# TYPE ferrum_retention_pinned_block_seconds_total counter\nferrum_retention_pinned_block_seconds_total {}",
+        r.pinned_block_us as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ferrum_retention_shadow_hit_tokens_total Shadow mode: prompt tokens ttl would have kept cached.\n# TYPE ferrum_retention_shadow_hit_tokens_total counter\nferrum_retention_shadow_hit_tokens_total {}",
+        r.shadow_hit_tokens
+    );
+}
+
 fn render_spec(out: &mut String, spec: &ferrum_engine::SpecStats) {
     let series = [
         (
@@ -346,6 +388,24 @@ fn render_spec(out: &mut String, spec: &ferrum_engine::SpecStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_gauges_and_counters_are_rendered() {
+        let mut e = EngineStats {
+            pinned_blocks: 7,
+            ..Default::default()
+        };
+        e.retention.pins = 3;
+        e.retention.expired = 2;
+        e.retention.returns_pinned = 1;
+        e.retention.pinned_block_us = 2_500_000;
+        let text = Metrics::default().render(Some(&e), true);
+        assert!(text.contains("ferrum_kv_blocks_pinned 7"));
+        assert!(text.contains("ferrum_retention_pins_total{event=\"pinned\"} 3"));
+        assert!(text.contains("ferrum_retention_pins_total{event=\"expired\"} 2"));
+        assert!(text.contains("ferrum_retention_returns_total{pinned=\"true\"} 1"));
+        assert!(text.contains("ferrum_retention_pinned_block_seconds_total 2.5"));
+    }
 
     #[test]
     fn speculation_counters_are_labelled_by_drafter_batch_and_cache() {
