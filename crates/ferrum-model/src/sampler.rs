@@ -121,6 +121,9 @@ impl SamplingParams {
     }
 }
 
+/// (token id, value) pairs: top log-probabilities, or logits saved before an in-place edit.
+type TokenValues = Vec<(u32, f32)>;
+
 /// One sampled token with the log-probabilities an API reports for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
@@ -189,18 +192,7 @@ impl Sampler {
     /// sampling consumes no randomness; otherwise exactly one draw is taken per call, so a
     /// seeded stream replays identically.
     pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
-        let lse = log_sum_exp(logits);
-        let top = top_n(logits, self.params.top_logprobs, lse);
-
-        let mut saved = std::mem::take(&mut self.saved);
-        saved.clear();
-        apply_penalties(
-            &self.params,
-            &self.seen,
-            &self.generated,
-            logits,
-            Some(&mut saved),
-        );
+        let (lse, top, saved) = self.prepare(logits);
         // Exactly one draw per non-greedy call, whichever path runs, so seeded streams replay.
         let u = if self.params.is_greedy() {
             0.0
@@ -222,6 +214,23 @@ impl Sampler {
             token
         };
         self.restore(logits, saved, token, lse, top)
+    }
+
+    /// Reads the raw logits' log-sum-exp and top log-probabilities, then applies the
+    /// penalties in place, remembering the edited entries for [`Self::restore`].
+    fn prepare(&mut self, logits: &mut [f32]) -> (f32, TokenValues, TokenValues) {
+        let lse = log_sum_exp(logits);
+        let top = top_n(logits, self.params.top_logprobs, lse);
+        let mut saved = std::mem::take(&mut self.saved);
+        saved.clear();
+        apply_penalties(
+            &self.params,
+            &self.seen,
+            &self.generated,
+            logits,
+            Some(&mut saved),
+        );
+        (lse, top, saved)
     }
 
     /// Undoes the penalties' in-place edits of `logits` (keeping the buffer for the next call)
@@ -261,17 +270,7 @@ impl Sampler {
             let ok = s.token == draft;
             return (s, ok);
         }
-        let lse = log_sum_exp(logits);
-        let top = top_n(logits, self.params.top_logprobs, lse);
-        let mut saved = std::mem::take(&mut self.saved);
-        saved.clear();
-        apply_penalties(
-            &self.params,
-            &self.seen,
-            &self.generated,
-            logits,
-            Some(&mut saved),
-        );
+        let (lse, top, saved) = self.prepare(logits);
         let mut cand = std::mem::take(&mut self.cand);
         let total = candidates(logits, &self.params, &mut cand);
         let w_draft = cand
