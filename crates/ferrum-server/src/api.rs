@@ -55,6 +55,24 @@ fn check_model(model: &Model, asked: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
+/// The steps both generation routes take before they differ: read the body (size limit),
+/// require a ready model, parse the JSON with the route's parser, fill program identity from
+/// headers, and check the requested model name.
+fn parse_request<T>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    headers: &axum::http::HeaderMap,
+    parse: fn(&Body) -> Result<(GenParams, T), ApiError>,
+) -> Result<(Arc<Model>, GenParams, T), ApiError> {
+    let bytes = body_bytes(state, body)?;
+    let model = ready_model(state)?;
+    let body = Body::parse(&bytes)?;
+    let (mut p, rest) = parse(&body)?;
+    params::program_headers(&mut p, headers)?;
+    check_model(&model, p.model.as_deref())?;
+    Ok((model, p, rest))
+}
+
 fn codec_err(param: &str) -> impl Fn(crate::codec::CodecError) -> ApiError + '_ {
     move |e| ApiError::invalid(Some(param.to_string()), e.0)
 }
@@ -115,12 +133,7 @@ pub(crate) async fn chat_completions(
 ) -> Response {
     let start = Instant::now();
     let res = async {
-        let bytes = body_bytes(&state, body)?;
-        let model = ready_model(&state)?;
-        let body = Body::parse(&bytes)?;
-        let (mut p, turns) = params::chat(&body)?;
-        params::program_headers(&mut p, &headers)?;
-        check_model(&model, p.model.as_deref())?;
+        let (model, p, turns) = parse_request(&state, body, &headers, params::chat)?;
         let text = model
             .codec
             .render_chat(&turns, true)
@@ -145,12 +158,7 @@ pub(crate) async fn completions(
 ) -> Response {
     let start = Instant::now();
     let res = async {
-        let bytes = body_bytes(&state, body)?;
-        let model = ready_model(&state)?;
-        let body = Body::parse(&bytes)?;
-        let (mut p, prompt) = params::completion(&body)?;
-        params::program_headers(&mut p, &headers)?;
-        check_model(&model, p.model.as_deref())?;
+        let (model, p, prompt) = parse_request(&state, body, &headers, params::completion)?;
         let enc = |t: &str| model.codec.encode_prompt(t).map_err(codec_err("prompt"));
         let prompts = match prompt {
             Prompt::Text(t) => vec![enc(&t)?],
