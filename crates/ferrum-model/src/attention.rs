@@ -21,6 +21,8 @@
 //! the compiler vectorizes with FMA when the CPU has it.
 
 #[cfg(target_arch = "x86_64")]
+mod paged_avx2;
+#[cfg(target_arch = "x86_64")]
 mod simd;
 /// SwiGLU on AVX2 + FMA lanes, bitwise equal to the scalar loop (it shares ggml's `expf`).
 #[cfg(target_arch = "x86_64")]
@@ -44,6 +46,7 @@ pub(crate) enum Arith {
 }
 
 /// Where one group of query heads attends.
+#[derive(Clone, Copy)]
 pub(crate) struct AttnTarget<'a> {
     /// The KV pool.
     pub kv: &'a KvCache,
@@ -88,12 +91,60 @@ pub(crate) fn attend_group(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
+    if f16c_ok() && paged_avx2::supports(t.kv.shape().head_dim) {
+        // SAFETY: AVX2, FMA and F16C were detected at run time; the slices are sized by the
+        // caller as for the portable body.
+        unsafe { paged_avx2::attend_group(k, t, q, n_rep, scale, arith, s, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if fma_ok() {
         // SAFETY: AVX2 and FMA were detected at run time.
         unsafe { attend_group_fma(k, t, q, n_rep, scale, arith, s, out) };
         return;
     }
     attend_group_impl::<false>(k, t, q, n_rep, scale, arith, s, out);
+}
+
+/// Attends `rows` query rows of one sequence at consecutive positions, the last of which sees
+/// `t.n_ctx` positions (row `i` sees `t.n_ctx - rows + 1 + i`); `q_row(i)` and `out_row(i)`
+/// give each row's `n_rep` query heads and their output. Results are bit for bit those of
+/// [`attend_group`] per row; on the AVX2 path the run's context is converted from f16 once
+/// instead of once per row, which is most of the attention cost of a prompt chunk.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_run<'a, 'b>(
+    k: &Kernels,
+    t: &AttnTarget<'_>,
+    rows: usize,
+    q_row: impl Fn(usize) -> &'a [f32],
+    mut out_row: impl FnMut(usize) -> &'b mut [f32],
+    n_rep: usize,
+    scale: f32,
+    arith: Arith,
+    s: &mut AttnScratch,
+) {
+    let first_ctx = t.n_ctx + 1 - rows;
+    #[cfg(target_arch = "x86_64")]
+    if f16c_ok() && paged_avx2::supports(t.kv.shape().head_dim) {
+        let hd = t.kv.shape().head_dim;
+        // SAFETY: AVX2, FMA and F16C were detected at run time; the head size is supported;
+        // every row's context is within the gathered `t.n_ctx` positions.
+        unsafe {
+            paged_avx2::gather(t, s);
+            for i in 0..rows {
+                let (q, out) = (q_row(i), out_row(i));
+                paged_avx2::attend_gathered(k, hd, q, n_rep, scale, arith, first_ctx + i, s, out);
+            }
+        }
+        return;
+    }
+    for i in 0..rows {
+        let row_target = AttnTarget {
+            n_ctx: first_ctx + i,
+            ..*t
+        };
+        attend_group(k, &row_target, q_row(i), n_rep, scale, arith, s, out_row(i));
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -116,6 +167,12 @@ unsafe fn attend_group_fma(
 fn fma_ok() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn f16c_ok() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| fma_ok() && is_x86_feature_detected!("f16c"))
 }
 
 /// Rounds each value to the nearest f16 and back.

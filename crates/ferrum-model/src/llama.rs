@@ -13,7 +13,7 @@ mod config;
 
 pub use config::LlamaConfig;
 
-use crate::attention::{attend_group, Arith, AttnScratch, AttnTarget};
+use crate::attention::{attend_run, Arith, AttnScratch, AttnTarget};
 use crate::batch::Batch;
 use crate::dtype::GgmlType;
 use crate::error::{Error, Result};
@@ -200,6 +200,8 @@ struct Scratch {
     acts: Vec<u8>,
     pos: Vec<u32>,
     seq_of: Vec<u32>,
+    /// Attention work: runs of consecutive rows of one sequence, as (first row, rows).
+    runs: Vec<(u32, u32)>,
     logits: Vec<f32>,
     head_x: Vec<f32>,
 }
@@ -254,6 +256,9 @@ thread_local! {
 const TILE_ROWS: usize = 32;
 /// Most weight rows per kernel call (bounds the per-thread output tile).
 const CALL_ROWS: usize = 1024;
+/// Most rows of one sequence whose attention shares one conversion of the context (bounds
+/// the work item, so threads stay balanced on a long prompt).
+const ATTN_RUN: usize = 32;
 /// Activation columns per matmul tile.
 const TILE_COLS: usize = 64;
 
@@ -332,10 +337,16 @@ impl LlamaRunner {
         grow(&mut sc.up, t * ff);
         sc.pos.clear();
         sc.seq_of.clear();
+        sc.runs.clear();
         for (si, s) in batch.seqs.iter().enumerate() {
+            let first = sc.pos.len();
             for i in 0..s.len {
                 sc.pos.push((s.ctx_before + i) as u32);
                 sc.seq_of.push(si as u32);
+            }
+            for r in (0..s.len).step_by(ATTN_RUN) {
+                sc.runs
+                    .push(((first + r) as u32, ATTN_RUN.min(s.len - r) as u32));
             }
         }
         // Embeddings.
@@ -425,6 +436,7 @@ impl LlamaRunner {
                 c,
                 &sc.pos,
                 &sc.seq_of,
+                &sc.runs,
                 &sc.q[..t * e],
                 scale,
                 &mut sc.attn[..t * e],
@@ -655,6 +667,8 @@ fn rope(x: &mut [f32], head_dim: usize, rope_dim: usize, pos: usize, base: f32) 
     }
 }
 
+/// Attention for every row: one work item per (run of rows of one sequence, KV head), dealt
+/// to threads round-robin, since a prompt's later rows cost more than its earlier ones.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     pool: &ThreadPool,
@@ -665,46 +679,57 @@ fn attention(
     c: &LlamaConfig,
     pos: &[u32],
     seq_of: &[u32],
+    runs: &[(u32, u32)],
     q: &[f32],
     scale: f32,
     out: &mut [f32],
 ) {
-    let t = pos.len();
     let n_rep = c.n_heads / c.n_kv_heads;
     let hd = c.head_dim;
-    let groups = t * c.n_kv_heads;
+    let items = runs.len() * c.n_kv_heads;
     let outp = SharedOut(out.as_mut_ptr());
+    let row_len = c.n_heads * hd;
     pool.run(|tid, nt| {
         ATTN.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            for gi in split_range(groups, tid, nt, 1) {
-                let (i, g) = (gi / c.n_kv_heads, gi % c.n_kv_heads);
-                let n_ctx = pos[i] as usize + 1;
-                let s = &batch.seqs[seq_of[i] as usize];
+            for item in (tid..items).step_by(nt) {
+                let (run, g) = (item / c.n_kv_heads, item % c.n_kv_heads);
+                let (first, rows) = (runs[run].0 as usize, runs[run].1 as usize);
+                let last = first + rows - 1;
+                let s = &batch.seqs[seq_of[first] as usize];
                 let target = AttnTarget {
                     kv,
                     layer,
                     kv_head: g,
                     block_table: &s.block_table,
-                    n_ctx,
+                    n_ctx: pos[last] as usize + 1,
                 };
-                let off = i * c.n_heads * hd + g * n_rep * hd;
-                // SAFETY: this (token, kv head) group's output heads are written by this thread only.
-                let o = unsafe { std::slice::from_raw_parts_mut(outp.ptr().add(off), n_rep * hd) };
                 let arith = if s.decode {
                     Arith::Decode
                 } else {
                     Arith::Prompt
                 };
-                attend_group(
+                let head_off = g * n_rep * hd;
+                let q_row = |i: usize| {
+                    let o = (first + i) * row_len + head_off;
+                    &q[o..o + n_rep * hd]
+                };
+                let out_row = |i: usize| {
+                    let o = (first + i) * row_len + head_off;
+                    // SAFETY: this (row, kv head) group's output heads are written by this
+                    // thread only, and each row is handed out once.
+                    unsafe { std::slice::from_raw_parts_mut(outp.ptr().add(o), n_rep * hd) }
+                };
+                attend_run(
                     kernels,
                     &target,
-                    &q[off..off + n_rep * hd],
+                    rows,
+                    q_row,
+                    out_row,
                     n_rep,
                     scale,
                     arith,
                     &mut scratch,
-                    o,
                 );
             }
         });

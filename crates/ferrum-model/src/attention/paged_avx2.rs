@@ -1,0 +1,300 @@
+//! Attention over a sequence's paged f16 context with AVX2 + FMA + F16C, organised for the
+//! cache and bitwise equal to the portable body in `attention.rs`.
+//!
+//! The portable body walks positions once and, for every position, updates each query head's
+//! value accumulators in memory: with llama.cpp's decode order that is 64 lane slots x
+//! `head_dim` floats per head (48 KiB for three heads, more than L1), then folds the slots one
+//! scalar at a time. Here:
+//!
+//! - the context's K and V blocks are converted to f32 once per call, a few blocks prefetched
+//!   ahead (the blocks are scattered, so the hardware prefetcher cannot follow them);
+//! - each value slot's chain (positions `slot, slot + slots, ...`, in increasing order, exactly
+//!   the scalar chain) is accumulated in registers, one query head at a time;
+//! - the slot fold (`(a0 + a2) + (a1 + a3)`, then the 16-lane halving tree) runs on 8 output
+//!   dimensions per instruction instead of one.
+//!
+//! Every float goes through the same operations in the same order as in the portable body, so
+//! results do not change by a bit (the tests compare the two). Hand-written because this is
+//! the hot path of batched decoding.
+
+use std::arch::x86_64::*;
+
+use super::{round_f16, simd, Arith, AttnScratch, AttnTarget, ACCS, LANES};
+use crate::quant::Kernels;
+
+/// Head sizes this path handles: whole 64-float register groups (the decode order's step).
+pub(crate) fn supports(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim.is_multiple_of(64)
+}
+
+/// Blocks the K/V gather prefetches ahead of the one it converts (a block is a few KiB, far
+/// less than the latency of the scattered reads it has to cover).
+const PREFETCH_BLOCKS: usize = 4;
+
+/// Prefetches one block's first `n` f16 values (one hint per 64-byte line).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn prefetch_block(rows: &[u16], n: usize) {
+    let p = rows.as_ptr().cast::<i8>();
+    for line in (0..n.min(rows.len())).step_by(32) {
+        _mm_prefetch::<_MM_HINT_T0>(p.add(2 * line));
+    }
+}
+
+/// Converts `src` (f16 bits) into `dst` (same length).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn convert(src: &[u16], dst: &mut [f32]) {
+    let n = src.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i).cast()));
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), v);
+        i += 8;
+    }
+    for k in i..n {
+        dst[k] = half::f16::from_bits(src[k]).to_f32();
+    }
+}
+
+/// Converts the first `n_ctx` positions of one KV head's K and V blocks into `kf` and `vf`,
+/// prefetching [`PREFETCH_BLOCKS`] blocks ahead: the blocks are scattered over the pool, so
+/// the hardware prefetcher cannot follow them, and both streams' misses overlap.
+///
+/// Safety: AVX2 + F16C; `kf.len()` and `vf.len() >= n_ctx * head_dim`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gather_kv(t: &AttnTarget<'_>, kf: &mut [f32], vf: &mut [f32]) {
+    let (kv, layer, head, n_ctx) = (t.kv, t.layer, t.kv_head, t.n_ctx);
+    let (bs, hd) = (kv.block_size(), kv.shape().head_dim);
+    let n_blocks = n_ctx.div_ceil(bs).min(t.block_table.len());
+    let rows = |bi: usize| bs.min(n_ctx - bi * bs) * hd;
+    let fetch = |bi: usize| {
+        let b = t.block_table[bi] as usize;
+        prefetch_block(kv.k_block(layer, b, head), rows(bi));
+        prefetch_block(kv.v_block(layer, b, head), rows(bi));
+    };
+    for bi in 0..n_blocks.min(PREFETCH_BLOCKS) {
+        fetch(bi);
+    }
+    for bi in 0..n_blocks {
+        if bi + PREFETCH_BLOCKS < n_blocks {
+            fetch(bi + PREFETCH_BLOCKS);
+        }
+        let b = t.block_table[bi] as usize;
+        let (o, n) = (bi * bs * hd, rows(bi));
+        convert(&kv.k_block(layer, b, head)[..n], &mut kf[o..o + n]);
+        convert(&kv.v_block(layer, b, head)[..n], &mut vf[o..o + n]);
+    }
+}
+
+/// `fold` of 16 lane vectors (each 8 output dimensions) in [`super::tree16`]'s order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tree16_lanes(x: &[__m256; LANES]) -> __m256 {
+    let mut b = [_mm256_setzero_ps(); 8];
+    for i in 0..8 {
+        b[i] = _mm256_add_ps(x[i + 8], x[i]);
+    }
+    let c = [
+        _mm256_add_ps(b[4], b[0]),
+        _mm256_add_ps(b[5], b[1]),
+        _mm256_add_ps(b[6], b[2]),
+        _mm256_add_ps(b[7], b[3]),
+    ];
+    _mm256_add_ps(_mm256_add_ps(c[0], c[2]), _mm256_add_ps(c[1], c[3]))
+}
+
+/// Converts the first `t.n_ctx` positions of the target's K and V into the scratch, for any
+/// number of [`attend_gathered`] calls with contexts up to `t.n_ctx` (the rows of one prompt
+/// chunk share one conversion).
+///
+/// Safety: AVX2 + FMA + F16C; the head size passes [`supports`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gather(t: &AttnTarget<'_>, s: &mut AttnScratch) {
+    let hd = t.kv.shape().head_dim;
+    super::grow(&mut s.kf, t.n_ctx * hd);
+    super::grow(&mut s.vf, t.n_ctx * hd);
+    gather_kv(t, &mut s.kf, &mut s.vf);
+}
+
+/// Same contract and result bits as [`super::attend_group`], for heads [`supports`] accepts.
+///
+/// Safety: AVX2 + FMA + F16C; `q.len() >= n_rep * hd`, `out.len() >= n_rep * hd`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attend_group(
+    k: &Kernels,
+    t: &AttnTarget<'_>,
+    q: &[f32],
+    n_rep: usize,
+    scale: f32,
+    arith: Arith,
+    s: &mut AttnScratch,
+    out: &mut [f32],
+) {
+    gather(t, s);
+    let hd = t.kv.shape().head_dim;
+    attend_gathered(k, hd, q, n_rep, scale, arith, t.n_ctx, s, out);
+}
+
+/// Attention of `n_rep` query heads over the first `n_ctx` positions already converted by
+/// [`gather`] (with at least `n_ctx` positions).
+///
+/// Safety: AVX2 + FMA + F16C; `q.len() >= n_rep * hd`, `out.len() >= n_rep * hd`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attend_gathered(
+    k: &Kernels,
+    hd: usize,
+    q: &[f32],
+    n_rep: usize,
+    scale: f32,
+    arith: Arith,
+    n_ctx: usize,
+    s: &mut AttnScratch,
+    out: &mut [f32],
+) {
+    debug_assert!(supports(hd) && s.kf.len() >= n_ctx * hd && s.vf.len() >= n_ctx * hd);
+    super::grow(&mut s.q, n_rep * hd);
+    s.q[..n_rep * hd].copy_from_slice(&q[..n_rep * hd]);
+    round_f16(k, &mut s.q[..n_rep * hd], &mut s.bits);
+    super::grow(&mut s.scores, n_rep * n_ctx);
+
+    // Scores, one query head at a time over the whole context.
+    for r in 0..n_rep {
+        let qr = &s.q[r * hd..(r + 1) * hd];
+        let sc = &mut s.scores[r * n_ctx..(r + 1) * n_ctx];
+        for (j, score) in sc.iter_mut().enumerate() {
+            let krow = &s.kf[j * hd..(j + 1) * hd];
+            let dot = match arith {
+                Arith::Prompt => simd::dot_gemm(krow, qr),
+                Arith::Decode => simd::dot_vec(krow, qr),
+            };
+            *score = dot * scale;
+        }
+    }
+    for r in 0..n_rep {
+        let sc = &mut s.scores[r * n_ctx..(r + 1) * n_ctx];
+        simd::softmax(sc);
+        round_f16(k, sc, &mut s.bits);
+    }
+
+    // Values: slot `j % slots` chains positions j in increasing order, as the portable body.
+    let n_acc = match arith {
+        Arith::Prompt => 1,
+        Arith::Decode => ACCS,
+    };
+    let slots = n_acc * LANES;
+    super::grow(&mut s.vacc, slots * hd);
+    let vf = s.vf.as_ptr();
+    let vacc = s.vacc.as_mut_ptr();
+    for r in 0..n_rep {
+        let p = &s.scores[r * n_ctx..(r + 1) * n_ctx];
+        for dc in (0..hd).step_by(64) {
+            for slot in 0..slots {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut j = slot;
+                while j < n_ctx {
+                    let pj = _mm256_set1_ps(p[j]);
+                    let row = vf.add(j * hd + dc);
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(8 * i)), pj, *a);
+                    }
+                    j += slots;
+                }
+                let dst = vacc.add(slot * hd + dc);
+                for (i, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add(8 * i), *a);
+                }
+            }
+        }
+        let o = out.as_mut_ptr().add(r * hd);
+        for d in (0..hd).step_by(8) {
+            let at = |a: usize, l: usize| _mm256_loadu_ps(vacc.add((a * LANES + l) * hd + d));
+            let mut x = [_mm256_setzero_ps(); LANES];
+            for (l, xl) in x.iter_mut().enumerate() {
+                *xl = match arith {
+                    Arith::Prompt => at(0, l),
+                    Arith::Decode => _mm256_add_ps(
+                        _mm256_add_ps(at(0, l), at(2, l)),
+                        _mm256_add_ps(at(1, l), at(3, l)),
+                    ),
+                };
+            }
+            _mm256_storeu_ps(o.add(d), tree16_lanes(&x));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{KvCache, KvShape};
+
+    fn ok() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    /// Deterministic pseudo-random values in about [-2, 2).
+    fn noise(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+    }
+
+    #[test]
+    fn paged_avx2_attention_is_bitwise_the_portable_body() {
+        if !ok() {
+            eprintln!("skipped: no AVX2+FMA+F16C here");
+            return;
+        }
+        let kernels = crate::quant::kernels();
+        for hd in [64usize, 128] {
+            let shape = KvShape {
+                n_layers: 2,
+                n_kv_heads: 2,
+                head_dim: hd,
+            };
+            let (bs, n_blocks) = (16, 48);
+            let mut kv = KvCache::new(shape, n_blocks, bs).unwrap();
+            // A scattered block table, as a long-running pool hands out.
+            let table: Vec<u32> = (0..n_blocks as u32).map(|i| (i * 29 + 7) % 48).collect();
+            let mut seed = hd as u64;
+            for pos in 0..bs * n_blocks {
+                let k: Vec<f32> = (0..2 * hd).map(|_| noise(&mut seed)).collect();
+                let v: Vec<f32> = (0..2 * hd).map(|_| noise(&mut seed)).collect();
+                kv.store(1, &table, pos, &k, &v);
+            }
+            let n_rep = 3;
+            let q: Vec<f32> = (0..n_rep * hd).map(|_| noise(&mut seed) * 3.0).collect();
+            for n_ctx in [1usize, 5, 16, 17, 63, 64, 65, 130, 700] {
+                for arith in [Arith::Prompt, Arith::Decode] {
+                    let t = AttnTarget {
+                        kv: &kv,
+                        layer: 1,
+                        kv_head: 1,
+                        block_table: &table,
+                        n_ctx,
+                    };
+                    let mut want = vec![0f32; n_rep * hd];
+                    let mut got = vec![0f32; n_rep * hd];
+                    let mut s = AttnScratch::default();
+                    super::super::attend_group_impl::<false>(
+                        kernels, &t, &q, n_rep, 0.125, arith, &mut s, &mut want,
+                    );
+                    // Dirty scratch on purpose: the fast path must not depend on its contents.
+                    // SAFETY: features checked above; slices sized n_rep * hd.
+                    unsafe { attend_group(kernels, &t, &q, n_rep, 0.125, arith, &mut s, &mut got) };
+                    assert_eq!(
+                        got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        "hd {hd} n_ctx {n_ctx} {arith:?}"
+                    );
+                }
+            }
+        }
+    }
+}
