@@ -11,7 +11,9 @@ use ferrum_model::Batch;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().ok_or("usage: verify_cost MODEL.gguf [threads] [ctx]")?;
+    let path = args
+        .next()
+        .ok_or("usage: verify_cost MODEL.gguf [threads] [ctx]")?;
     let threads: usize = args.next().map_or(Ok(2), |s| s.parse())?;
     let ctx: usize = args.next().map_or(Ok(256), |s| s.parse())?;
     let model = std::sync::Arc::new(LlamaModel::open(&path)?);
@@ -53,7 +55,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if k == 0 {
             base = ms;
         }
-        println!("verify k={k}: {ms:7.2} ms  ({:.2}x one decode row)", ms / base);
+        println!(
+            "verify k={k}: {ms:7.2} ms  ({:.2}x one decode row)",
+            ms / base
+        );
     }
     for n in [1usize, 2, 4, 8, 16] {
         batch.clear();

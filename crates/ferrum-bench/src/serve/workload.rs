@@ -140,8 +140,7 @@ pub fn repetitive_chats(n: usize, seed: u64, output_len: Option<usize>) -> Resul
         .map(|(message, block)| ServeItem::Chat {
             system: None,
             turns: vec![message],
-            output_len: output_len
-                .unwrap_or_else(|| block.chars().count() / CHARS_PER_TOKEN + 8),
+            output_len: output_len.unwrap_or_else(|| block.chars().count() / CHARS_PER_TOKEN + 8),
         })
         .collect())
 }

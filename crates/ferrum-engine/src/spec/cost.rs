@@ -258,7 +258,10 @@ mod tests {
     fn step_cost_learns_one_row_and_multi_row_costs() {
         let mut c = StepCost::new(0.5);
         assert_eq!(c.relative(1), 1.0);
-        assert!((c.relative(9) - (1.3 + 4.5)).abs() < 1e-9, "prior before any step");
+        assert!(
+            (c.relative(9) - (1.3 + 4.5)).abs() < 1e-9,
+            "prior before any step"
+        );
         // One-row steps of 10 ms; multi-row steps cost 12 ms + 3 ms per row.
         for i in 0..300 {
             if i % 3 == 0 {
