@@ -97,6 +97,21 @@ const INSTRUCTIONS: [&str; 3] = [
     "Copy this verbatim into your answer:\n\n",
 ];
 
+/// `num_prompts` user messages (instruction then block) over the built-in blocks, each with
+/// its block: the text form of the workload, for clients that send chat text and let the
+/// server apply its template (`ferrum bench serve`).
+pub fn messages(num_prompts: usize, seed: u64) -> Vec<(String, &'static str)> {
+    let mut rng = SplitMix64::new(seed);
+    (0..num_prompts)
+        .map(|_| {
+            let block = BLOCKS[rng.range_inclusive(0, BLOCKS.len() as u64 - 1) as usize];
+            let instr =
+                INSTRUCTIONS[rng.range_inclusive(0, INSTRUCTIONS.len() as u64 - 1) as usize];
+            (format!("{instr}{block}"), block)
+        })
+        .collect()
+}
+
 /// `num_prompts` requests over the built-in blocks. `encode` turns a user message into prompt
 /// tokens (chat template applied); `count` counts a text's tokens, which sets each request's
 /// output length (the block's length plus a little) unless `output_len` fixes it.
@@ -112,12 +127,9 @@ pub fn requests(
             "output length must be at least 1".into(),
         ));
     }
-    let mut rng = SplitMix64::new(seed);
     let mut out = Vec::with_capacity(num_prompts);
-    for _ in 0..num_prompts {
-        let block = BLOCKS[rng.range_inclusive(0, BLOCKS.len() as u64 - 1) as usize];
-        let instr = INSTRUCTIONS[rng.range_inclusive(0, INSTRUCTIONS.len() as u64 - 1) as usize];
-        let prompt = encode(&format!("{instr}{block}"))?;
+    for (message, block) in messages(num_prompts, seed) {
+        let prompt = encode(&message)?;
         if prompt.is_empty() {
             return Err(BenchError::Tokenize("a prompt encoded to no tokens".into()));
         }

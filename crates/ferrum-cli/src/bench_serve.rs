@@ -24,6 +24,9 @@ pub enum ServeDataset {
     SharedPrefix,
     /// ShareGPT conversations replayed turn by turn (history includes the server's answers).
     MultiTurn,
+    /// Chats asking to write out or rewrite a given code or text block (speculative
+    /// decoding's best case), built in.
+    Repetitive,
 }
 
 /// Arguments of `ferrum bench serve`.
@@ -147,6 +150,9 @@ fn workload(a: &ServeBenchArgs) -> Result<Vec<ServeItem>> {
             a.max_turns,
             &limits,
         )?,
+        ServeDataset::Repetitive => {
+            workload::repetitive_chats(a.num_prompts, a.seed, a.output_len)?
+        }
         ServeDataset::Random => workload::from_token_requests(synthetic::random(&RandomSpec {
             num_prompts: a.num_prompts,
             input_len: a.input_len,

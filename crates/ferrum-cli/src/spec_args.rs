@@ -17,9 +17,14 @@ pub struct SpecArgs {
     /// Outputs are the same as without it; only speed changes.
     #[arg(long, default_value = "off")]
     pub speculative: String,
-    /// Most drafted tokens verified per request and step.
-    #[arg(long, default_value_t = 8)]
+    /// Most drafted tokens verified per request and step (the cost model picks fewer when
+    /// longer drafts do not pay).
+    #[arg(long, default_value_t = 16)]
     pub spec_max_draft: usize,
+    /// Draft on every step up to --spec-max-draft, ignoring the cost model (only the
+    /// low-acceptance fallback applies).
+    #[arg(long)]
+    pub spec_always: bool,
     /// No request drafts in a step with more decoding requests than this.
     #[arg(long, default_value_t = 8)]
     pub spec_max_batch: usize,
@@ -46,6 +51,7 @@ impl SpecArgs {
         cfg.speculative.method = method;
         cfg.speculative.max_draft = self.spec_max_draft;
         cfg.speculative.max_batch = self.spec_max_batch;
+        cfg.speculative.cost_aware = !self.spec_always;
         Ok(draft)
     }
 

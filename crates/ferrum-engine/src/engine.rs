@@ -15,7 +15,9 @@ use crate::policy::{Fcfs, SchedulingPolicy};
 use crate::radix::CacheCounters;
 use crate::request::{Event, FinishReason, Request, RequestId, SubmitError, TokenLogprob, Usage};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqMeta};
-use crate::spec::{Drafter, ReqSpec, SpecConfig, SpecCounters, SpecKey, SpecStats, Speculator};
+use crate::spec::{
+    Drafter, ReqSpec, SpecConfig, SpecCounters, SpecKey, SpecMethod, SpecStats, Speculator,
+};
 use crate::stream::TextStream;
 
 /// Computes logits for a batch over the paged KV cache; the real Llama runtime implements
@@ -329,7 +331,7 @@ impl<R: ModelRunner> Engine<R> {
             steps: 0,
             batch: Batch::default(),
             row: Vec::new(),
-            spec: Speculator::new(),
+            spec: Speculator::new(cfg.speculative.row_cost_prior),
             chunk_toks: Vec::new(),
             draft_buf: Vec::new(),
             ids: Vec::new(),
@@ -505,7 +507,15 @@ impl<R: ModelRunner> Engine<R> {
         let vocab = self.runner.vocab_size();
         let rows = self.batch.logits_rows.len();
         let mut finished = Vec::new();
-        let error = match self.runner.forward(&self.batch) {
+        // Decode-only steps feed the speculation cost model (prefill chunks cost differently).
+        let timed = (decoding == plan.chunks.len()).then(std::time::Instant::now);
+        let result = self.runner.forward(&self.batch);
+        if let Some(t0) = timed {
+            self.spec
+                .cost
+                .observe(self.batch.tokens.len(), t0.elapsed().as_secs_f64());
+        }
+        let error = match result {
             Ok(logits) if logits.len() == rows * vocab => {
                 self.sched.commit(&plan.chunks);
                 let with_logits = plan.chunks.iter().filter(|c| c.needs_logits);
@@ -536,6 +546,7 @@ impl<R: ModelRunner> Engine<R> {
                         self.sched.append_verified(c.id, &self.emitted);
                         out.spec
                             .record(&self.cfg.speculative, c.draft.len(), accepted);
+                        self.spec.record(out.spec.method, c.draft.len(), accepted);
                         self.spec.stats.record(
                             out.spec.method,
                             decoding,
@@ -595,7 +606,9 @@ impl<R: ModelRunner> Engine<R> {
         };
         self.ids.retain(|id| decoding(&self.sched, id));
         let cfg = &self.cfg.speculative;
-        let too_many = self.ids.len() > cfg.max_batch;
+        let n = self.ids.len();
+        let too_many = n > cfg.max_batch;
+        let mut plan = crate::spec::cost::StepPlan::new(n);
         for &id in &self.ids {
             let Some(out) = self.outputs.get_mut(&id) else {
                 continue;
@@ -603,11 +616,20 @@ impl<R: ModelRunner> Engine<R> {
             self.draft_buf.clear();
             let room = out.max_tokens.saturating_sub(out.generated + 1);
             let max_len = cfg.max_draft.min(room);
-            if !too_many && max_len > 0 && out.spec.wants_draft() {
-                if let (Some(d), Some(s)) = (self.spec.drafter(out.spec.method), self.sched.seq(id))
-                {
-                    d.propose(id, &s.tokens, s.prompt_len, max_len, &mut self.draft_buf);
-                    self.draft_buf.truncate(max_len);
+            let len = if too_many || max_len == 0 || out.spec.method == SpecMethod::Off {
+                0
+            } else {
+                self.spec.plan(cfg, &mut out.spec, &mut plan, max_len)
+            };
+            if len > 0 {
+                let method = out.spec.method;
+                if let (Some(d), Some(s)) = (self.spec.drafter(method), self.sched.seq(id)) {
+                    let t0 = std::time::Instant::now();
+                    d.propose(id, &s.tokens, s.prompt_len, len, &mut self.draft_buf);
+                    self.draft_buf.truncate(len);
+                    let secs = t0.elapsed().as_secs_f64();
+                    self.spec
+                        .record_draft_time(method, self.draft_buf.len().max(1), secs);
                 }
             }
             self.sched.set_draft(id, self.draft_buf.clone());

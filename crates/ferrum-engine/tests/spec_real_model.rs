@@ -117,6 +117,8 @@ fn engine(method: SpecMethod, max_running: usize) -> Engine<LlamaRunner> {
         ..base
     };
     cfg.speculative.method = method;
+    // Draft on every step whatever it costs: these tests check exactness, not speed.
+    cfg.speculative.cost_aware = false;
     let runner =
         LlamaRunner::new(Arc::clone(&f.model), cfg.num_blocks, cfg.block_size, 1).expect("runner");
     Engine::new(runner, f.tok.clone(), cfg).expect("engine")

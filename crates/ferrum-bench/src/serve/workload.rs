@@ -126,6 +126,25 @@ pub fn sharegpt_multi_turn(
         .collect())
 }
 
+/// `n` one-turn chats of the [`crate::repetitive`] workload (write out or rewrite a given
+/// block), the case speculative decoding is for. Each asks for `output_len` tokens, or the
+/// block's estimated length plus 8.
+pub fn repetitive_chats(n: usize, seed: u64, output_len: Option<usize>) -> Result<Vec<ServeItem>> {
+    if output_len == Some(0) {
+        return Err(BenchError::Invalid(
+            "output length must be at least 1".into(),
+        ));
+    }
+    Ok(crate::repetitive::messages(n, seed)
+        .into_iter()
+        .map(|(message, block)| ServeItem::Chat {
+            system: None,
+            turns: vec![message],
+            output_len: output_len.unwrap_or_else(|| block.chars().count() / CHARS_PER_TOKEN + 8),
+        })
+        .collect())
+}
+
 /// Token-id completions from the synthetic generators (random, shared-prefix), keeping
 /// their order (shared-prefix groups stay contiguous).
 pub fn from_token_requests(reqs: Vec<BenchRequest>) -> Vec<ServeItem> {
@@ -233,6 +252,30 @@ mod tests {
         assert_eq!(turns, &["first question here", "second question here"]);
         assert_eq!(items[0].num_requests(), 2);
         assert!(sharegpt_multi_turn(&corpus(), 10, 0, 1, &ChatLimits::default()).is_err());
+    }
+
+    #[test]
+    fn repetitive_chats_quote_a_block_and_ask_for_about_its_length() {
+        let items = repetitive_chats(12, 3, None).unwrap();
+        assert_eq!(items.len(), 12);
+        for it in &items {
+            let ServeItem::Chat {
+                turns, output_len, ..
+            } = it
+            else {
+                panic!("not a chat")
+            };
+            assert_eq!(turns.len(), 1);
+            // The block follows a blank line after the instruction.
+            let (_, block) = turns[0].split_once("\n\n").expect("instruction then block");
+            assert_eq!(*output_len, block.chars().count() / CHARS_PER_TOKEN + 8);
+        }
+        assert_eq!(items, repetitive_chats(12, 3, None).unwrap());
+        let fixed = repetitive_chats(2, 0, Some(9)).unwrap();
+        assert!(fixed
+            .iter()
+            .all(|i| matches!(i, ServeItem::Chat { output_len: 9, .. })));
+        assert!(repetitive_chats(2, 0, Some(0)).is_err());
     }
 
     #[test]

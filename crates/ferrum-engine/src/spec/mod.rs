@@ -18,10 +18,14 @@
 //! back ([`crate::scheduler::Scheduler::append_verified`]): it is never counted as computed,
 //! never published to the prefix cache, and its extra blocks go back to the pool.
 //!
-//! Fallback keeps speculation from costing throughput: a request whose acceptance rate falls
-//! below [`SpecConfig::min_acceptance`] stops drafting for a while, and no request drafts in a
-//! step with more than [`SpecConfig::max_batch`] decoding requests (verification stops being
-//! nearly free once the batch is compute-bound).
+//! Fallback keeps speculation from costing throughput. With [`SpecConfig::cost_aware`] (the
+//! default) each request drafts only as many tokens as are expected to pay for their
+//! verification rows, from its own run-acceptance estimate and a cost model of the engine's
+//! decode steps learned online ([`cost`]); a request whose drafts do not pay stops drafting
+//! and probes again with short drafts at growing intervals, and as the batch grows the price
+//! of a row rises until no request drafts. Without it, a request whose acceptance rate falls
+//! below [`SpecConfig::min_acceptance`] stops drafting for a while. Either way no request
+//! drafts in a step with more than [`SpecConfig::max_batch`] decoding requests.
 //!
 //! Drafters: [`NgramDrafter`] (prompt lookup in the request's own context),
 //! [`SuffixDrafter`] (suffix matching over the request's context and earlier requests' outputs)
@@ -29,6 +33,7 @@
 
 use crate::request::RequestId;
 
+pub mod cost;
 mod draft_model;
 mod ngram;
 mod suffix;
@@ -107,16 +112,25 @@ pub struct SpecConfig {
     pub backoff_steps: u32,
     /// No request drafts in a step with more decoding requests than this.
     pub max_batch: usize,
+    /// Size each draft by its expected gain against the measured cost of verification rows
+    /// (see [`cost`]); when false, every speculating request drafts up to `max_draft` and
+    /// only the `min_acceptance` fallback applies.
+    pub cost_aware: bool,
+    /// Cost of one more row of a multi-row decode step, in one-row steps, assumed until
+    /// measured (the cost model's prior; [`cost::StepCost::new`]).
+    pub row_cost_prior: f64,
 }
 
 impl Default for SpecConfig {
     fn default() -> Self {
         SpecConfig {
             method: SpecMethod::Off,
-            max_draft: 8,
+            max_draft: 16,
             min_acceptance: 0.3,
             backoff_steps: 16,
             max_batch: 8,
+            cost_aware: true,
+            row_cost_prior: 0.33,
         }
     }
 }
@@ -129,6 +143,14 @@ pub(crate) struct ReqSpec {
     rate: f32,
     /// Steps left without drafting (fallback).
     pause: u32,
+    /// Run-acceptance evidence for the cost-aware plan.
+    acc: cost::Acceptance,
+    /// Steps since this request last drafted (cost-aware plan).
+    idle: u32,
+    /// Short probe drafts in a row that were rejected outright (probes space out).
+    failed_probes: u32,
+    /// Whether the pending draft is a probe.
+    probing: bool,
 }
 
 impl ReqSpec {
@@ -137,6 +159,10 @@ impl ReqSpec {
             method,
             rate: 1.0,
             pause: 0,
+            acc: cost::Acceptance::default(),
+            idle: 0,
+            failed_probes: 0,
+            probing: false,
         }
     }
 
@@ -156,6 +182,15 @@ impl ReqSpec {
     pub fn record(&mut self, cfg: &SpecConfig, drafted: usize, accepted: usize) {
         if drafted == 0 {
             return;
+        }
+        self.acc.record_recent(drafted, accepted);
+        if self.probing {
+            self.failed_probes = if accepted == 0 {
+                self.failed_probes + 1
+            } else {
+                0
+            };
+            self.probing = false;
         }
         let r = accepted as f32 / drafted as f32;
         self.rate = 0.7 * self.rate + 0.3 * r;
@@ -300,21 +335,100 @@ impl SpecStats {
     }
 }
 
-/// The engine's drafters and speculation counters.
+/// Length of a probe draft (a request whose drafts stopped paying tries again with this).
+const PROBE_LEN: usize = 2;
+/// Longest probe interval, as a power of two times `backoff_steps`.
+const MAX_PROBE_SHIFT: u32 = 3;
+/// Prior run acceptance of a drafter before it has verified anything.
+const FIRST_PRIOR: f64 = 0.8;
+
+/// The engine's drafters, speculation counters and cost model.
 pub(crate) struct Speculator {
     ngram: NgramDrafter,
     suffix: SuffixDrafter,
     external: Option<Box<dyn Drafter>>,
     pub stats: SpecStats,
+    /// Decode-step cost model.
+    pub cost: cost::StepCost,
+    /// Run acceptance of each drafter over all requests (the prior of a request's).
+    global: [cost::Acceptance; DRAFTERS.len()],
+    /// Seconds of drafter time per drafted token, by drafter (running mean).
+    draft_secs: [f64; DRAFTERS.len()],
 }
 
 impl Speculator {
-    pub fn new() -> Self {
+    pub fn new(row_cost_prior: f64) -> Self {
         Speculator {
             ngram: NgramDrafter::default(),
             suffix: SuffixDrafter::default(),
             external: None,
             stats: SpecStats::default(),
+            cost: cost::StepCost::new(row_cost_prior),
+            global: [cost::Acceptance::default(); DRAFTERS.len()],
+            draft_secs: [0.0; DRAFTERS.len()],
+        }
+    }
+
+    fn slot(m: SpecMethod) -> Option<usize> {
+        DRAFTERS.iter().position(|&d| d == m)
+    }
+
+    /// How many tokens request `r` should draft in the step being planned, at most
+    /// `max_len` (0: decode plainly). See [`cost`].
+    pub fn plan(
+        &self,
+        cfg: &SpecConfig,
+        r: &mut ReqSpec,
+        step: &mut cost::StepPlan,
+        max_len: usize,
+    ) -> usize {
+        if !cfg.cost_aware {
+            return if r.wants_draft() { max_len } else { 0 };
+        }
+        let Some(slot) = Self::slot(r.method) else {
+            return 0;
+        };
+        let g = &self.global[slot];
+        let prior = if g.raw_weight() > 0.0 {
+            g.raw()
+        } else {
+            FIRST_PRIOR
+        };
+        let alpha = r.acc.alpha(prior);
+        let draft_cost = match self.cost.unit_secs() {
+            Some(u) if u > 0.0 => self.draft_secs[slot] / u,
+            _ => 0.0,
+        };
+        let k = step.choose(&self.cost, alpha, draft_cost, max_len);
+        if k > 0 {
+            r.idle = 0;
+            return k;
+        }
+        r.idle += 1;
+        let wait = cfg.backoff_steps.max(1) << r.failed_probes.min(MAX_PROBE_SHIFT);
+        if r.idle >= wait && max_len > 0 {
+            r.idle = 0;
+            r.probing = true;
+            return PROBE_LEN.min(max_len);
+        }
+        0
+    }
+
+    /// Records a verification in the drafter-wide acceptance.
+    pub fn record(&mut self, m: SpecMethod, drafted: usize, accepted: usize) {
+        if let Some(slot) = Self::slot(m) {
+            self.global[slot].record(drafted, accepted, 0.98);
+        }
+    }
+
+    /// Records that drafter `m` took `secs` to propose `tokens` tokens.
+    pub fn record_draft_time(&mut self, m: SpecMethod, tokens: usize, secs: f64) {
+        if let Some(slot) = Self::slot(m) {
+            if tokens > 0 && secs.is_finite() {
+                let per = secs / tokens as f64;
+                let d = &mut self.draft_secs[slot];
+                *d = if *d == 0.0 { per } else { 0.9 * *d + 0.1 * per };
+            }
         }
     }
 

@@ -59,6 +59,9 @@ fn cfg(method: SpecMethod) -> EngineConfig {
         speculative: SpecConfig {
             method,
             max_draft: 5,
+            // The fake runner's step times are noise: these tests fix the drafting policy
+            // (the cost model has its own tests).
+            cost_aware: false,
             ..SpecConfig::default()
         },
         ..EngineConfig::default()
@@ -252,6 +255,27 @@ fn low_acceptance_and_large_batches_fall_back_to_plain_decoding() {
         .collect();
     run(&mut e, reqs);
     assert!(e.spec_stats().is_empty(), "{:?}", e.spec_stats());
+}
+
+#[test]
+fn cost_aware_drafting_keeps_outputs_and_drops_drafts_that_never_pay() {
+    let mut c = cfg(SpecMethod::External);
+    c.speculative.cost_aware = true;
+    // Whatever the measured step times, outputs stay those of plain decoding.
+    let reqs = workload();
+    let want = run(&mut engine(cfg(SpecMethod::Off), VOCAB, None), reqs.clone());
+    let mut e = engine(c.clone(), VOCAB, Some(Oracle::new(VOCAB, 3)));
+    assert_eq!(run(&mut e, reqs), want);
+    // Always-wrong drafts: acceptance falls to zero, no draft length pays, and only spaced
+    // out two-token probes are verified (16, 32, 64 then every 128 steps).
+    let mut e = engine(c, VOCAB, Some(Oracle::new(VOCAB, 1)));
+    let mut r = Request::new(vec![8, 9, 10], 200);
+    r.ignore_eos = true;
+    run(&mut e, vec![r]);
+    let total = e.stats().spec.total(SpecMethod::External);
+    assert!(total.verifications > 0, "it drafted at first");
+    assert!(total.verifications <= 8, "{total:?} over 199 decode steps");
+    assert_eq!(total.accepted, 0);
 }
 
 /// ln Γ(x) (Lanczos, g = 7), for the chi-square p-value.
