@@ -88,8 +88,8 @@ fn start(policy: KvRetention, trace: TraceSink) -> Fake {
 
 #[test]
 fn agents_are_traced_and_replay_agrees_with_the_live_hit_rate() {
-    let path = PathBuf::from(std::env::temp_dir())
-        .join(format!("ferrum-agents-{}.jsonl", std::process::id()));
+    let path: PathBuf =
+        std::env::temp_dir().join(format!("ferrum-agents-{}.jsonl", std::process::id()));
     let server = start(KvRetention::Ttl, TraceSink::create(&path).unwrap());
     let spec = AgentSpec {
         agents: 3,

@@ -39,11 +39,12 @@ pub struct CostModel {
 }
 
 impl Default for CostModel {
-    /// SmolLM2-135M Q4_1 on 2 EPYC threads (AVX2), measured with `ferrum bench offline`.
+    /// SmolLM2-135M Q4_1 on 2 EPYC threads (AVX2), idle box (docs/benchmarks.md: prompt
+    /// processing 244 tok/s, decode 70 tok/s at batch 1).
     fn default() -> Self {
         CostModel {
-            prefill_tps: 1500.0,
-            decode_step_s: 0.012,
+            prefill_tps: 240.0,
+            decode_step_s: 0.014,
             decode_seq_s: 0.002,
         }
     }
@@ -156,6 +157,9 @@ struct ProgState {
     turns: Vec<SimTurn>,
 }
 
+/// A submitted turn: program index, arrival, first token time, prompt, generated tokens.
+type InFlight = (usize, f64, Option<f64>, Vec<u32>, Vec<u32>);
+
 /// Token ids drawn for fresh text (small vocab: the fake model's logits rows stay cheap).
 const VOCAB: usize = 512;
 
@@ -210,9 +214,7 @@ pub fn replay(programs: &[TraceProgram], cfg: &ReplayConfig) -> Result<ReplayRep
             turns: Vec::new(),
         })
         .collect();
-    // In flight: request -> (program, arrival, first token, prompt, generated).
-    let mut inflight: HashMap<RequestId, (usize, f64, Option<f64>, Vec<u32>, Vec<u32>)> =
-        HashMap::new();
+    let mut inflight: HashMap<RequestId, InFlight> = HashMap::new();
     let mut now = 0.0f64;
     let mut idle_steps = 0u32;
     loop {

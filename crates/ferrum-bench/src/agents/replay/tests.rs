@@ -6,7 +6,7 @@ use crate::agents::trace::{TraceProgram, TraceTurn};
 /// (gap `short_s`).
 fn trace(agents: usize, turns: usize, grow: usize, short_s: f64, long_s: f64) -> Vec<TraceProgram> {
     let tool = |a: usize, k: usize| {
-        if (a + k) % 3 == 0 {
+        if (a + k).is_multiple_of(3) {
             ("run_tests", long_s)
         } else {
             ("grep", short_s)
