@@ -46,6 +46,12 @@ fn cfg(policy: KvRetention, kv_cache_tokens: usize) -> ReplayConfig {
     ReplayConfig {
         policy,
         kv_cache_tokens,
+        // Fixed here so the scenarios do not move with the default's calibration.
+        cost: CostModel {
+            prefill_tps: 1500.0,
+            decode_step_s: 0.012,
+            decode_seq_s: 0.002,
+        },
         ..ReplayConfig::default()
     }
 }
