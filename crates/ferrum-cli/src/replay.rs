@@ -104,6 +104,11 @@ pub fn run(a: ReplayArgs) -> Result<()> {
                 .map(|(t, n)| format!("{}={n}", if t.is_empty() { "-" } else { t }))
                 .collect();
             println!("         re-prefilled after each tool: {}", by.join(" "));
+            let c = &r.retention;
+            println!(
+                "         pins {} (skipped {}, expired {}, reclaimed {}, displaced {}), returns pinned {} / unpinned {}, preemptions {}",
+                c.pins, c.skipped, c.expired, c.reclaimed, c.displaced, c.returns_pinned, c.returns_unpinned, r.preemptions
+            );
         }
     }
     if a.json {

@@ -145,6 +145,10 @@ pub struct ReplayReport {
     pub trace_hit_rate: f64,
     /// The trace's own mean program completion time.
     pub trace_mean_jct_s: f64,
+    /// The retention module's counters at the end (pins, expiries, reclaims, returns).
+    pub retention: ferrum_engine::RetentionCounters,
+    /// Preemptions.
+    pub preemptions: u64,
     /// Per program, its turns.
     pub per_program: Vec<(String, Vec<SimTurn>)>,
 }
@@ -320,12 +324,15 @@ pub fn replay(programs: &[TraceProgram], cfg: &ReplayConfig) -> Result<ReplayRep
         }
     }
     let stats = engine.stats();
-    Ok(report(
+    let mut r = report(
         programs,
         states,
         cfg.policy,
         stats.retention.pinned_block_us,
-    ))
+    );
+    r.retention = stats.retention;
+    r.preemptions = stats.preemptions;
+    Ok(r)
 }
 
 fn report(
