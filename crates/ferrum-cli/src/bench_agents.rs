@@ -221,6 +221,13 @@ fn print_report(policy: &str, r: &LiveReport) {
         r.errors,
         r.wall_s
     );
+    let counters: Vec<String> = r
+        .retention
+        .iter()
+        .filter(|(_, v)| *v != 0.0)
+        .map(|(k, v)| format!("{}={v}", k.trim_start_matches("ferrum_")))
+        .collect();
+    println!("  counters: {}", counters.join(" "));
     for p in &r.programs {
         let ttft: Vec<String> = p.turns.iter().map(|t| format!("{:.2}", t.ttft_s)).collect();
         let re: Vec<String> = p

@@ -89,6 +89,9 @@ pub struct LiveReport {
     pub pinned_block_seconds: f64,
     /// Shadow mode: prompt tokens `ttl` would have kept cached (from `/metrics`).
     pub shadow_hit_tokens: f64,
+    /// Every `ferrum_retention_*` and `ferrum_preemptions*` series of `/metrics`, as its
+    /// change over the run (pins taken, expired, reclaimed; returns pinned or not).
+    pub retention: Vec<(String, f64)>,
     /// Wall time of the run.
     pub wall_s: f64,
     /// Turns that failed.
@@ -112,6 +115,7 @@ impl LiveReport {
             "pinned_block_seconds": self.pinned_block_seconds,
             "shadow_hit_tokens": self.shadow_hit_tokens,
             "wall_s": self.wall_s,
+            "retention": self.retention.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "errors": self.errors,
             "programs": self.programs.iter().map(|p| json!({
                 "id": p.id,
@@ -337,6 +341,12 @@ pub fn run_live(cfg: &LiveConfig, plans: &[AgentPlan]) -> Result<LiveReport> {
     r.wall_s = wall_s;
     r.pinned_block_seconds = delta("ferrum_retention_pinned_block_seconds_total");
     r.shadow_hit_tokens = delta("ferrum_retention_shadow_hit_tokens_total");
+    let mut keys: Vec<&String> = after
+        .keys()
+        .filter(|k| k.starts_with("ferrum_retention_") || k.starts_with("ferrum_preemptions"))
+        .collect();
+    keys.sort();
+    r.retention = keys.into_iter().map(|k| (k.clone(), delta(k))).collect();
     Ok(r)
 }
 
