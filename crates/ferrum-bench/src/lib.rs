@@ -18,6 +18,7 @@
 //! needs neither a model nor a tokenizer and its tests are hermetic.
 #![deny(missing_docs)]
 
+pub mod agents;
 pub mod offline;
 pub mod repetitive;
 pub mod rng;

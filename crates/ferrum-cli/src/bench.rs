@@ -25,6 +25,8 @@ pub enum BenchCommand {
     Serve(crate::bench_serve::ServeBenchArgs),
     /// Per-client service shares and TTFT under the fairness policy and FCFS.
     Fairness(crate::bench_fairness::FairnessArgs),
+    /// Tool-using agents against a live server, per KV retention policy.
+    Agents(crate::bench_agents::AgentsArgs),
 }
 
 /// Which workload to run.
@@ -115,6 +117,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Offline(a) => run_offline_cmd(a),
         BenchCommand::Serve(a) => crate::bench_serve::run(a),
         BenchCommand::Fairness(a) => crate::bench_fairness::run(a),
+        BenchCommand::Agents(a) => crate::bench_agents::run(a),
     }
 }
 

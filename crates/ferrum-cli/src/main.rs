@@ -2,6 +2,7 @@
 //! perplexity, managing models, serving and benchmarking.
 
 mod bench;
+mod bench_agents;
 mod bench_fairness;
 mod bench_serve;
 mod generate;
@@ -9,6 +10,7 @@ mod load;
 mod model_cmd;
 mod perplexity;
 mod remote_chat;
+mod replay;
 mod serve;
 mod spec_args;
 
@@ -40,6 +42,9 @@ enum Command {
     /// Benchmarks (offline engine throughput, serving latency).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Simulate a recorded agent-program trace (`serve --trace-out`) under KV retention
+    /// policies, without the model.
+    Replay(replay::ReplayArgs),
 }
 
 fn main() {
@@ -59,6 +64,7 @@ fn main() {
         Command::Perplexity(a) => perplexity::run(a),
         Command::Model(c) => model_cmd::run(c),
         Command::Bench(c) => bench::run(c),
+        Command::Replay(a) => replay::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -70,6 +70,10 @@ pub struct ServeArgs {
     tenants: Option<std::path::PathBuf>,
     #[command(flatten)]
     spec: crate::spec_args::SpecArgs,
+    /// Write one JSON line per finished agent-program turn to FILE (for `ferrum replay`;
+    /// format in docs/agents.md).
+    #[arg(long, value_name = "FILE")]
+    trace_out: Option<std::path::PathBuf>,
     /// Seconds a shutdown waits for running requests.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
@@ -90,8 +94,16 @@ pub fn run(a: ServeArgs) -> Result<()> {
         Some(p) => Some(Arc::new(Tenants::load(p).map_err(anyhow::Error::msg)?)),
         None => None,
     };
+    let trace = match &a.trace_out {
+        Some(p) => Some(
+            ferrum_server::TraceSink::create(p)
+                .with_context(|| format!("creating the trace file {}", p.display()))?,
+        ),
+        None => None,
+    };
     let config = ServerConfig {
         addr,
+        trace,
         api_key: a.api_key.clone(),
         tenants: tenants.clone(),
         drain_timeout: Duration::from_secs(a.drain_timeout),

@@ -18,8 +18,9 @@
 //!   soonest to expire, before it would preempt anything.
 //! - Expired pins are dropped by [`Retention::expire`], which the scheduler calls at the
 //!   start of every step, so a pin outlives its TTL by at most one step.
-//! - A returning turn releases its program's pin when admitted (its own lock then holds the
-//!   path), and waiting turns of pinned programs are admitted first, oldest program first
+//! - A turn that arrives while its program is pinned keeps the pin, TTL lifted, until it is
+//!   admitted (a returning turn is not penalized for waiting behind a long step); admission
+//!   releases the pin (the turn's own lock then holds the path), and waiting turns of pinned programs are admitted first, oldest program first
 //!   ([`Retention::preferred`]).
 
 use std::collections::HashMap;
@@ -244,6 +245,11 @@ impl Retention {
                 pin: None,
                 shadow: None,
             });
+        if let Some(pin) = p.pin.as_mut() {
+            // Returned within its TTL: hold the KV until the turn is admitted (it may wait
+            // behind a long step), still reclaimable if running work needs the blocks.
+            pin.expires = None;
+        }
         if let Some(end) = p.last_finish.take() {
             self.predictor
                 .observe(p.tool.as_deref(), now.saturating_duration_since(end));

@@ -26,8 +26,11 @@ pub(crate) struct Tracked {
     state: Arc<AppState>,
     start: Instant,
     last: Option<Instant>,
+    first: Option<Instant>,
     done: bool,
     tenant: Option<String>,
+    /// Agent program and next tool, traced when this is the request's first choice.
+    program: Option<(String, Option<String>)>,
 }
 
 impl Tracked {
@@ -46,6 +49,7 @@ impl Tracked {
             Event::Token { .. } => {
                 match self.last {
                     None => {
+                        self.first = Some(now);
                         m.ttft.observe(now - self.start);
                         if let Some(t) = &self.tenant {
                             m.tenants.observe_ttft(t, now - self.start);
@@ -55,8 +59,26 @@ impl Tracked {
                 }
                 self.last = Some(now);
             }
-            Event::Finished { usage, .. } => {
+            Event::Finished { usage, reason } => {
                 self.done = true;
+                if let Some((program, tool)) = self.program.take() {
+                    m.programs.record(&crate::programs::TurnRecord {
+                        program,
+                        tool,
+                        arrival: self.start,
+                        first_token: self.first,
+                        finish: now,
+                        prompt_tokens: usage.prompt_tokens,
+                        cached_tokens: usage.cached_tokens,
+                        output_tokens: usage.completion_tokens,
+                        finish_reason: match reason {
+                            FinishReason::Stop => "stop",
+                            FinishReason::Length => "length",
+                            FinishReason::Cancelled => "cancelled",
+                            FinishReason::Error(_) => "error",
+                        },
+                    });
+                }
                 m.e2e.observe(now - self.start);
                 m.count_tokens(
                     usage.prompt_tokens,
@@ -146,8 +168,14 @@ pub(crate) async fn submit(
                 state: state.clone(),
                 start,
                 last: None,
+                first: None,
                 done: false,
                 tenant: job.who.tenant.clone(),
+                program: p
+                    .program
+                    .clone()
+                    .filter(|_| pi == 0 && i == 0)
+                    .map(|prog| (prog, p.tool.clone())),
             });
         }
     }

@@ -55,6 +55,7 @@ mod generate;
 pub mod metrics;
 pub mod openapi;
 mod params;
+pub mod programs;
 pub mod routes;
 mod sse;
 pub mod state;
@@ -65,6 +66,7 @@ use std::net::SocketAddr;
 
 pub use codec::{AsciiCodec, ChatTurn, CodecError, ModelCodec, TextCodec, ASCII_VOCAB};
 pub use error::ApiError;
+pub use programs::{ProgramTelemetry, TraceSink};
 pub use routes::router;
 pub use state::{AppState, Model, Server, ServerConfig};
 pub use tenants::{Identity, Tenants};

@@ -50,6 +50,11 @@ impl Histogram {
         }
     }
 
+    /// An empty histogram with the given upper bounds (seconds, ascending).
+    pub(crate) fn with_bounds(bounds: &'static [f64]) -> Self {
+        Histogram::new(bounds)
+    }
+
     /// An empty histogram with the time-to-first-token buckets.
     pub fn ttft() -> Self {
         Histogram::new(TTFT_BUCKETS)
@@ -117,6 +122,8 @@ pub struct Metrics {
     pub e2e: Histogram,
     /// Per-tenant series.
     pub tenants: crate::tenants::TenantMetrics,
+    /// Agent-program turn times, per-tool gaps and the JSONL trace.
+    pub programs: crate::programs::ProgramTelemetry,
 }
 
 impl Default for Metrics {
@@ -130,6 +137,7 @@ impl Default for Metrics {
             itl: Histogram::new(ITL_BUCKETS),
             e2e: Histogram::new(E2E_BUCKETS),
             tenants: Default::default(),
+            programs: Default::default(),
         }
     }
 }

@@ -197,6 +197,7 @@ async fn delete_program(State(state): State<Shared>, Path(id): Path<String>) -> 
         Ok(m) => m,
         Err(e) => return e.into_response(),
     };
+    state.metrics.programs.forget(&id);
     match model.engine.release_program_async(id.clone()).await {
         Some(deleted) => {
             Json(json!({ "id": id, "object": "program", "deleted": deleted })).into_response()
@@ -217,6 +218,7 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .metrics
         .tenants
         .render(&mut text, tenants.as_deref().unwrap_or_default());
+    state.metrics.programs.render(&mut text);
     (
         [(
             header::CONTENT_TYPE,

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Tenants (`--tenants`): API keys map to tenants, `/v1/admin/*` needs an admin key.
     pub tenants: Option<Arc<crate::tenants::Tenants>>,
+    /// Agent-program trace (`--trace-out`): one JSON line per finished program turn.
+    pub trace: Option<crate::programs::TraceSink>,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +41,7 @@ impl Default for ServerConfig {
             keep_alive: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             tenants: None,
+            trace: None,
         }
     }
 }
@@ -122,11 +125,13 @@ pub struct Server {
 impl Server {
     /// A server with no model yet (`/health` answers 503 until [`set_model`](Self::set_model)).
     pub fn new(config: ServerConfig) -> Self {
+        let metrics = Metrics::default();
+        metrics.programs.set_sink(config.trace.clone());
         Server {
             state: Arc::new(AppState {
                 config,
                 model: OnceLock::new(),
-                metrics: Metrics::default(),
+                metrics,
                 draining: AtomicBool::new(false),
                 next_id: AtomicU64::new(0),
                 started: unix_now(),

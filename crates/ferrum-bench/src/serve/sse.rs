@@ -86,6 +86,8 @@ pub struct StreamRecorder {
     pub usage_completion_tokens: Option<u64>,
     /// `usage.prompt_tokens`, when the server sent usage.
     pub usage_prompt_tokens: Option<u64>,
+    /// `usage.prompt_tokens_details.cached_tokens`, when the server sent it.
+    pub usage_cached_tokens: Option<u64>,
     /// The generated text, concatenated (multi-turn chats send it back as history).
     pub text: String,
     /// `[DONE]` was seen.
@@ -140,6 +142,12 @@ impl StreamRecorder {
             }
             if let Some(n) = u.get("prompt_tokens").and_then(Value::as_u64) {
                 self.usage_prompt_tokens = Some(n);
+            }
+            let cached = u
+                .get("prompt_tokens_details")
+                .and_then(|d| d.get("cached_tokens"));
+            if let Some(n) = cached.and_then(Value::as_u64) {
+                self.usage_cached_tokens = Some(n);
             }
         }
         Ok(())
@@ -225,6 +233,13 @@ mod tests {
         .unwrap();
         assert_eq!(r.output_tokens(), 2);
         assert_eq!(r.usage_prompt_tokens, Some(7));
+        assert_eq!(r.usage_cached_tokens, None);
+        r.record(
+            &data(r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":5}}}"#),
+            0.4,
+        )
+        .unwrap();
+        assert_eq!(r.usage_cached_tokens, Some(5));
         assert_eq!(r.first_token_s, Some(0.2));
     }
 

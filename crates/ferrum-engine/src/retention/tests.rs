@@ -240,3 +240,28 @@ fn kv_retention_parses_its_command_line_names() {
     }
     assert!("forever".parse::<KvRetention>().is_err());
 }
+
+#[test]
+fn a_turn_that_arrives_within_its_ttl_keeps_the_pin_until_admitted() {
+    let (mut e, clock) = engine(cfg(64, KvRetention::Ttl, 0.5));
+    let first = prompt(13, 30);
+    let out = run(&mut e, vec![turn(first.clone(), Some("a"), 2)]);
+    clock.advance(Duration::from_millis(900)); // TTL is the prior's 1 s
+    let second = [first, out[0].0.clone(), prompt(14, 4)].concat();
+    let id = e.submit(turn(second, Some("a"), 2)).unwrap();
+    // The step that admits it starts after the TTL (e.g. behind a long prefill).
+    clock.advance(Duration::from_millis(500));
+    let mut cached = None;
+    while e.has_work() {
+        e.step();
+        e.check_invariants().unwrap();
+        for (rid, ev) in e.drain_events() {
+            if let (true, Event::Finished { usage, .. }) = (rid == id, ev) {
+                cached = Some(usage.cached_tokens);
+            }
+        }
+    }
+    let r = e.stats().retention;
+    assert_eq!((r.returns_pinned, r.expired), (1, 0));
+    assert!(cached.unwrap() >= 28, "{cached:?}");
+}

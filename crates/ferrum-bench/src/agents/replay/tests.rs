@@ -1,0 +1,118 @@
+use super::*;
+use crate::agents::trace::{TraceProgram, TraceTurn};
+
+/// `agents` programs of `turns` turns: each turn adds `grow` prompt tokens to the history;
+/// every third tool call (staggered by agent) is long (gap `long_s`), the others short
+/// (gap `short_s`).
+fn trace(agents: usize, turns: usize, grow: usize, short_s: f64, long_s: f64) -> Vec<TraceProgram> {
+    let tool = |a: usize, k: usize| {
+        if (a + k).is_multiple_of(3) {
+            ("run_tests", long_s)
+        } else {
+            ("grep", short_s)
+        }
+    };
+    (0..agents)
+        .map(|a| {
+            let mut prompt = 0;
+            let turns = (0..turns)
+                .map(|k| {
+                    prompt += grow + if k > 0 { 8 } else { 0 };
+                    let gap = k.checked_sub(1).map(|j| tool(a, j).1);
+                    TraceTurn {
+                        program: format!("agent-{a}"),
+                        turn: k as u64,
+                        tool: Some(tool(a, k).0.to_string()),
+                        prev_tool: k.checked_sub(1).map(|j| tool(a, j).0.to_string()),
+                        arrival_s: a as f64 * 0.01,
+                        first_token_s: None,
+                        finish_s: 0.0,
+                        prompt_tokens: prompt,
+                        cached_tokens: 0,
+                        output_tokens: 8,
+                        gap_s: gap,
+                    }
+                })
+                .collect();
+            TraceProgram {
+                id: format!("agent-{a}"),
+                turns,
+            }
+        })
+        .collect()
+}
+
+fn cfg(policy: KvRetention, kv_cache_tokens: usize) -> ReplayConfig {
+    ReplayConfig {
+        policy,
+        kv_cache_tokens,
+        // Fixed here so the scenarios do not move with the default's calibration.
+        cost: CostModel {
+            prefill_tps: 1500.0,
+            decode_step_s: 0.012,
+            decode_seq_s: 0.002,
+        },
+        ..ReplayConfig::default()
+    }
+}
+
+#[test]
+fn with_room_for_everything_every_policy_hits_the_whole_history() {
+    let t = trace(4, 4, 64, 0.5, 20.0);
+    let lru = replay(&t, &cfg(KvRetention::Lru, 16_384)).unwrap();
+    let ttl = replay(&t, &cfg(KvRetention::Ttl, 16_384)).unwrap();
+    assert_eq!(lru.turns, 16);
+    // Only the history's last partial block (and its last token) is recomputed.
+    for (_, turns) in &lru.per_program {
+        assert!(turns.iter().all(|t| t.reprefill_tokens < 32), "{turns:?}");
+    }
+    assert_eq!(lru.reprefill_tokens, ttl.reprefill_tokens);
+    assert_eq!(lru.cached_tokens, ttl.cached_tokens);
+    assert_eq!(lru.pinned_block_seconds, 0.0);
+}
+
+#[test]
+fn under_pressure_ttl_keeps_short_tool_programs_and_finishes_sooner() {
+    // 8 agents growing to ~800 tokens each (6,400 in all) in a 4,096-token pool.
+    let t = trace(8, 8, 100, 0.3, 20.0);
+    let lru = replay(&t, &cfg(KvRetention::Lru, 4096)).unwrap();
+    let ttl = replay(&t, &cfg(KvRetention::Ttl, 4096)).unwrap();
+    let short = |r: &ReplayReport| {
+        r.reprefill_by_tool
+            .iter()
+            .find(|(k, _)| k == "grep")
+            .map_or(0, |x| x.1)
+    };
+    assert!(
+        short(&lru) > 0,
+        "lru must thrash: {:?}",
+        lru.reprefill_by_tool
+    );
+    assert!(
+        short(&ttl) * 4 <= short(&lru) * 3,
+        "ttl {} vs lru {}",
+        short(&ttl),
+        short(&lru)
+    );
+    assert!(ttl.hit_rate > lru.hit_rate);
+    assert!(ttl.mean_jct_s < lru.mean_jct_s);
+    assert!(ttl.pinned_block_seconds > 0.0);
+}
+
+#[test]
+fn a_turn_larger_than_the_pool_is_an_error() {
+    let t = trace(1, 2, 600, 0.5, 1.0);
+    assert!(replay(&t, &cfg(KvRetention::Lru, 512)).is_err());
+}
+
+#[test]
+fn programs_are_closed_loops_whose_turns_wait_for_the_tool() {
+    let t = trace(1, 3, 32, 2.0, 2.0);
+    let r = replay(&t, &cfg(KvRetention::Lru, 4096)).unwrap();
+    let turns = &r.per_program[0].1;
+    for w in turns.windows(2) {
+        let gap = w[1].arrival_s - w[0].finish_s;
+        assert!((gap - 2.0).abs() < 0.05, "gap {gap}");
+    }
+    assert!(r.mean_jct_s > 4.0);
+}

@@ -1,0 +1,148 @@
+//! `ferrum bench agents` end to end on the fake model (hermetic, about a second): agents
+//! name their program and tool, the server traces every turn, and the replay of that trace
+//! under the live policy agrees with the live hit rate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrum_bench::agents::live::{run_live, scrape_metrics, LiveConfig};
+use ferrum_bench::agents::replay::{replay, ReplayConfig};
+use ferrum_bench::agents::trace::{parse_trace, programs};
+use ferrum_bench::agents::workload::{plan, AgentSpec};
+use ferrum_engine::testing::FakeRunner;
+use ferrum_engine::{Engine, EngineConfig, EngineHandle, KvRetention, RetentionConfig};
+use ferrum_server::{serve, AsciiCodec, Model, Server, ServerConfig, TraceSink, ASCII_VOCAB};
+
+struct Fake {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start(policy: KvRetention, trace: TraceSink) -> Fake {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            addr_tx
+                .send(listener.local_addr().expect("addr"))
+                .expect("send addr");
+            let cfg = EngineConfig {
+                num_blocks: 512,
+                max_model_len: 4096,
+                retention: RetentionConfig {
+                    policy,
+                    ..RetentionConfig::default()
+                },
+                ..EngineConfig::default()
+            };
+            let runner = FakeRunner::new(ASCII_VOCAB, cfg.num_blocks, cfg.block_size);
+            let kv = cfg.num_blocks * cfg.block_size;
+            let engine = Engine::new(runner, Arc::new(AsciiCodec), cfg).expect("engine");
+            let server = Server::new(ServerConfig {
+                trace: Some(trace),
+                ..ServerConfig::default()
+            });
+            server.set_model(Model {
+                name: "fake-model".into(),
+                engine: EngineHandle::spawn(engine),
+                codec: Arc::new(AsciiCodec),
+                max_model_len: 4096,
+                kv_capacity_tokens: kv,
+            });
+            serve(listener, server, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+    });
+    let addr = addr_rx.recv().expect("server address");
+    Fake {
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+#[test]
+fn agents_are_traced_and_replay_agrees_with_the_live_hit_rate() {
+    let path: PathBuf =
+        std::env::temp_dir().join(format!("ferrum-agents-{}.jsonl", std::process::id()));
+    let server = start(KvRetention::Ttl, TraceSink::create(&path).unwrap());
+    let spec = AgentSpec {
+        agents: 3,
+        turns: 3,
+        time_scale: 0.01,
+        task_words: 30,
+        result_words: 10,
+        output_len: 8,
+        ..AgentSpec::default()
+    };
+    let plans = plan(&spec).unwrap();
+    let cfg = LiveConfig {
+        url: format!("http://{}", server.addr),
+        model: None,
+        output_len: 8,
+        timeout: Duration::from_secs(30),
+    };
+    let live = run_live(&cfg, &plans).unwrap();
+    assert_eq!(live.errors, 0, "{:?}", live.programs);
+    assert_eq!(live.programs.len(), 3);
+    assert!(live.programs.iter().all(|p| p.turns.len() == 3));
+    // Later turns resend the history, which the server still holds.
+    assert!(live.hit_rate > 0.5, "hit rate {}", live.hit_rate);
+    let m = scrape_metrics(&cfg.url).unwrap();
+    assert_eq!(m["ferrum_program_turns_total"], 9.0);
+    assert_eq!(m["ferrum_program_returns_total"], 6.0);
+    drop(server);
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let turns = parse_trace(&text).unwrap();
+    assert_eq!(turns.len(), 9);
+    let progs = programs(turns);
+    assert_eq!(progs.len(), 3);
+    for p in &progs {
+        let plan = plans.iter().find(|x| x.id == p.id).unwrap();
+        assert_eq!(p.turns[0].tool.as_deref(), Some(plan.calls[0].tool));
+        assert!(p.turns[1].gap_s.unwrap() >= plan.calls[0].duration_s * 0.9);
+    }
+    let r = replay(
+        &progs,
+        &ReplayConfig {
+            policy: KvRetention::Ttl,
+            kv_cache_tokens: 512 * 16,
+            ..ReplayConfig::default()
+        },
+    )
+    .unwrap();
+    assert!((r.trace_hit_rate - live.hit_rate).abs() < 1e-9);
+    assert!(
+        (r.hit_rate - live.hit_rate).abs() < 0.1,
+        "replay {} vs live {}",
+        r.hit_rate,
+        live.hit_rate
+    );
+}

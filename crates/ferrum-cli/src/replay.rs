@@ -1,0 +1,118 @@
+//! `ferrum replay TRACE.jsonl`: a recorded agent-program trace (`ferrum serve --trace-out`)
+//! simulated under a KV retention policy, with no model forward (see
+//! `ferrum_bench::agents::replay`), so policies are compared in seconds.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ferrum_bench::agents::replay::{replay, CostModel, ReplayConfig, ReplayReport};
+use ferrum_bench::agents::trace::{parse_trace, programs};
+use ferrum_engine::KvRetention;
+
+/// Arguments of `ferrum replay`.
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// The JSONL trace.
+    trace: PathBuf,
+    /// Policies to simulate (comma-separated): lru, ttl, pin-all.
+    #[arg(long, value_delimiter = ',', default_value = "lru,ttl")]
+    policy: Vec<KvRetention>,
+    /// KV pool size in tokens (use the live server's to compare with it).
+    #[arg(long, default_value_t = 65_536)]
+    kv_cache_tokens: usize,
+    /// Token budget of one step.
+    #[arg(long, default_value_t = 512)]
+    max_batched_tokens: usize,
+    /// Most of the pool (0..=1) pinned at once.
+    #[arg(long, default_value_t = 0.5)]
+    max_pinned_fraction: f64,
+    /// Cost model: prompt tokens computed per second.
+    #[arg(long)]
+    prefill_tps: Option<f64>,
+    /// Cost model: milliseconds of a decoding step.
+    #[arg(long)]
+    decode_step_ms: Option<f64>,
+    /// Cost model: extra milliseconds per decoding sequence in a step.
+    #[arg(long)]
+    decode_seq_ms: Option<f64>,
+    /// Print one JSON object keyed by policy.
+    #[arg(long)]
+    json: bool,
+}
+
+fn to_json(r: &ReplayReport) -> serde_json::Value {
+    serde_json::json!({
+        "programs": r.programs,
+        "turns": r.turns,
+        "prompt_tokens": r.prompt_tokens,
+        "cached_tokens": r.cached_tokens,
+        "hit_rate": r.hit_rate,
+        "reprefill_tokens": r.reprefill_tokens,
+        "reprefill_by_tool": r
+            .reprefill_by_tool
+            .iter()
+            .map(|(t, n)| (t.clone(), serde_json::json!(n)))
+            .collect::<serde_json::Map<_, _>>(),
+        "pinned_block_seconds": r.pinned_block_seconds,
+        "mean_jct_s": r.mean_jct_s,
+        "mean_ttft_s": r.mean_ttft_s,
+        "trace_hit_rate": r.trace_hit_rate,
+        "trace_mean_jct_s": r.trace_mean_jct_s,
+    })
+}
+
+/// Runs `ferrum replay`.
+pub fn run(a: ReplayArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.trace)
+        .with_context(|| format!("reading {}", a.trace.display()))?;
+    let progs = programs(parse_trace(&text)?);
+    let d = CostModel::default();
+    let cost = CostModel {
+        prefill_tps: a.prefill_tps.unwrap_or(d.prefill_tps),
+        decode_step_s: a.decode_step_ms.map_or(d.decode_step_s, |m| m / 1e3),
+        decode_seq_s: a.decode_seq_ms.map_or(d.decode_seq_s, |m| m / 1e3),
+    };
+    let mut out = serde_json::Map::new();
+    for &policy in &a.policy {
+        let cfg = ReplayConfig {
+            policy,
+            kv_cache_tokens: a.kv_cache_tokens,
+            max_batched_tokens: a.max_batched_tokens,
+            max_pinned_fraction: a.max_pinned_fraction,
+            cost,
+            ..ReplayConfig::default()
+        };
+        let r = replay(&progs, &cfg)?;
+        if a.json {
+            out.insert(policy.name().to_string(), to_json(&r));
+        } else {
+            println!(
+                "{:<8} hit rate {:5.1}% (trace {:5.1}%)  re-prefilled {:>8} tokens  pinned {:>9.1} block-s  mean JCT {:7.2} s (trace {:7.2} s)  mean TTFT {:.3} s",
+                r.policy,
+                100.0 * r.hit_rate,
+                100.0 * r.trace_hit_rate,
+                r.reprefill_tokens,
+                r.pinned_block_seconds,
+                r.mean_jct_s,
+                r.trace_mean_jct_s,
+                r.mean_ttft_s
+            );
+            let by: Vec<String> = r
+                .reprefill_by_tool
+                .iter()
+                .map(|(t, n)| format!("{}={n}", if t.is_empty() { "-" } else { t }))
+                .collect();
+            println!("         re-prefilled after each tool: {}", by.join(" "));
+            let c = &r.retention;
+            println!(
+                "         pins {} (skipped {}, expired {}, reclaimed {}, displaced {}), returns pinned {} / unpinned {}, preemptions {}",
+                c.pins, c.skipped, c.expired, c.reclaimed, c.displaced, c.returns_pinned, c.returns_unpinned, r.preemptions
+            );
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::Value::Object(out));
+    }
+    Ok(())
+}
