@@ -108,7 +108,9 @@ impl KvCache {
     }
 
     /// Stores one token's K and V rows (all KV heads, `n_kv_heads * head_dim` each) at
-    /// sequence position `pos` through `block_table`.
+    /// sequence position `pos` through `block_table` (tests; the forward pass stores through
+    /// [`KvCache::writer`] from every pool thread).
+    #[cfg(test)]
     pub(crate) fn store(
         &mut self,
         layer: usize,
@@ -117,17 +119,23 @@ impl KvCache {
         k: &[f32],
         v: &[f32],
     ) {
-        let block = block_table[pos / self.block_size] as usize;
-        let slot = pos % self.block_size;
-        let hd = self.shape.head_dim;
-        for h in 0..self.shape.n_kv_heads {
-            let o = self.head_offset(layer, block, h) + slot * hd;
-            for (dst, &src) in self.k[o..o + hd].iter_mut().zip(&k[h * hd..(h + 1) * hd]) {
-                *dst = f16::from_f32(src).to_bits();
-            }
-            for (dst, &src) in self.v[o..o + hd].iter_mut().zip(&v[h * hd..(h + 1) * hd]) {
-                *dst = f16::from_f32(src).to_bits();
-            }
+        let w = self.writer();
+        // SAFETY: `self` is borrowed mutably, so nothing else touches the pool.
+        unsafe { w.store(layer, block_table, pos, k, v) };
+    }
+
+    /// A handle through which pool threads store the rows of different tokens at once.
+    pub(crate) fn writer(&mut self) -> KvWriter<'_> {
+        KvWriter {
+            k: self.k.as_mut_ptr(),
+            v: self.v.as_mut_ptr(),
+            len: self.k.len(),
+            cache: std::marker::PhantomData,
+            layout: KvLayout {
+                shape: self.shape,
+                block_size: self.block_size,
+                num_blocks: self.num_blocks,
+            },
         }
     }
 
@@ -139,6 +147,73 @@ impl KvCache {
             let d = self.head_offset(layer, dst as usize, 0);
             self.k.copy_within(s..s + per, d);
             self.v.copy_within(s..s + per, d);
+        }
+    }
+}
+
+/// The geometry [`KvWriter`] needs to place a row.
+#[derive(Clone, Copy)]
+struct KvLayout {
+    shape: KvShape,
+    block_size: usize,
+    num_blocks: usize,
+}
+
+/// Writes K/V rows into a pool borrowed mutably, from several threads at once: each token's
+/// rows land in their own `(block, slot)`, so rows of different tokens never overlap. Made
+/// by [`KvCache::writer`]; holding it keeps the pool borrowed.
+pub(crate) struct KvWriter<'a> {
+    k: *mut u16,
+    v: *mut u16,
+    len: usize,
+    layout: KvLayout,
+    cache: std::marker::PhantomData<&'a mut KvCache>,
+}
+
+// SAFETY: the writer only hands out writes to disjoint token slots (see `store`'s contract).
+unsafe impl Send for KvWriter<'_> {}
+unsafe impl Sync for KvWriter<'_> {}
+
+impl KvWriter<'_> {
+    /// Stores one token's K and V rows (all KV heads) at position `pos` through
+    /// `block_table`, converting to f16 (round to nearest even).
+    ///
+    /// # Safety
+    /// No other thread may store the same `(block_table[pos / block_size], pos % block_size)`
+    /// slot during the call.
+    pub(crate) unsafe fn store(
+        &self,
+        layer: usize,
+        block_table: &[u32],
+        pos: usize,
+        k: &[f32],
+        v: &[f32],
+    ) {
+        use half::slice::HalfFloatSliceExt;
+        let l = self.layout;
+        let hd = l.shape.head_dim;
+        let block = block_table[pos / l.block_size] as usize;
+        assert!(
+            block < l.num_blocks,
+            "programming error: block out of range"
+        );
+        let slot = pos % l.block_size;
+        for h in 0..l.shape.n_kv_heads {
+            let o = ((layer * l.num_blocks + block) * l.shape.n_kv_heads + h) * l.block_size * hd
+                + slot * hd;
+            assert!(
+                o + hd <= self.len,
+                "programming error: KV offset out of range"
+            );
+            // SAFETY: in bounds (checked above); this token's slot is written by this call only.
+            let (kd, vd) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(self.k.add(o).cast::<f16>(), hd),
+                    std::slice::from_raw_parts_mut(self.v.add(o).cast::<f16>(), hd),
+                )
+            };
+            kd.convert_from_f32_slice(&k[h * hd..(h + 1) * hd]);
+            vd.convert_from_f32_slice(&v[h * hd..(h + 1) * hd]);
         }
     }
 }

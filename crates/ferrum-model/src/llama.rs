@@ -246,15 +246,13 @@ impl std::fmt::Debug for LlamaRunner {
 }
 
 thread_local! {
-    /// Each pool thread's matmul output tile.
-    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Each pool thread's attention buffers (grown to the longest context seen).
     static ATTN: std::cell::RefCell<AttnScratch> = std::cell::RefCell::new(AttnScratch::default());
 }
 
 /// Granularity of the row split between threads.
 const TILE_ROWS: usize = 32;
-/// Most weight rows per kernel call (bounds the per-thread output tile).
+/// Most weight rows per kernel call (the chunk is re-read from cache for each column tile).
 const CALL_ROWS: usize = 1024;
 /// Most rows of one sequence whose attention shares one conversion of the context (bounds
 /// the work item, so threads stay balanced on a long prompt).
@@ -402,30 +400,37 @@ impl LlamaRunner {
                 t,
                 &mut sc.v[..t * kvd],
             );
-            for i in 0..t {
-                let p = sc.pos[i] as usize;
-                rope(
-                    &mut sc.q[i * e..(i + 1) * e],
-                    c.head_dim,
-                    c.rope_dim,
-                    p,
-                    c.rope_base,
-                );
-                rope(
-                    &mut sc.k[i * kvd..(i + 1) * kvd],
-                    c.head_dim,
-                    c.rope_dim,
-                    p,
-                    c.rope_base,
-                );
-                let s = &batch.seqs[sc.seq_of[i] as usize];
-                self.kv.store(
-                    li,
-                    &s.block_table,
-                    p,
-                    &sc.k[i * kvd..(i + 1) * kvd],
-                    &sc.v[i * kvd..(i + 1) * kvd],
-                );
+            {
+                // RoPE and the K/V store, rows split over the pool (a prompt chunk's rows
+                // are independent, and each writes its own KV slot).
+                let writer = self.kv.writer();
+                let (qp, kp) = (SharedOut(sc.q.as_mut_ptr()), SharedOut(sc.k.as_mut_ptr()));
+                let (v, pos, seq_of) = (&sc.v, &sc.pos, &sc.seq_of);
+                let body = |tid: usize, nt: usize| {
+                    for i in split_range(t, tid, nt, 1) {
+                        let p = pos[i] as usize;
+                        // SAFETY: row i of q and k is handled by this thread only.
+                        let (qi, ki) = unsafe {
+                            (
+                                std::slice::from_raw_parts_mut(qp.ptr().add(i * e), e),
+                                std::slice::from_raw_parts_mut(kp.ptr().add(i * kvd), kvd),
+                            )
+                        };
+                        rope(qi, c.head_dim, c.rope_dim, p, c.rope_base);
+                        rope(ki, c.head_dim, c.rope_dim, p, c.rope_base);
+                        let s = &batch.seqs[seq_of[i] as usize];
+                        // SAFETY: each row is a distinct (sequence, position), so a distinct
+                        // KV slot; no other thread stores it.
+                        unsafe {
+                            writer.store(li, &s.block_table, p, ki, &v[i * kvd..(i + 1) * kvd])
+                        };
+                    }
+                };
+                if t >= 8 {
+                    self.pool.run(body);
+                } else {
+                    body(0, 1);
+                }
             }
             attention(
                 &self.pool,
@@ -610,38 +615,31 @@ fn matmul(pool: &ThreadPool, k: &Kernels, w: &QMatrix, acts: &[u8], t: usize, ou
     let rows = w.rows;
     pool.run(|tid, nt| {
         let my = split_range(rows, tid, nt, TILE_ROWS);
-        TILE.with(|tile| {
-            let mut tile = tile.borrow_mut();
-            grow(&mut tile, CALL_ROWS * TILE_COLS);
-            let mut r0 = my.start;
-            while r0 < my.end {
-                let nr = CALL_ROWS.min(my.end - r0);
-                let wb = &w.bytes()[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
-                let mut c0 = 0;
-                while c0 < t {
-                    let nc = TILE_COLS.min(t - c0);
-                    k.matmul_tile(
+        let mut r0 = my.start;
+        while r0 < my.end {
+            let nr = CALL_ROWS.min(my.end - r0);
+            let wb = &w.bytes()[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
+            let mut c0 = 0;
+            while c0 < t {
+                let nc = TILE_COLS.min(t - c0);
+                // SAFETY: rows r0..r0+nr of every column belong to this thread alone, and
+                // `out` holds `t` columns of `rows` floats.
+                unsafe {
+                    k.matmul_tile_raw(
                         w.dtype,
                         w.cols,
                         wb,
                         nr,
                         &acts[c0 * a_rb..(c0 + nc) * a_rb],
                         nc,
-                        &mut tile[..nr * nc],
-                        nr,
+                        outp.ptr().add(c0 * rows + r0),
+                        rows,
                     );
-                    for c in 0..nc {
-                        // SAFETY: rows r0..r0+nr belong to this thread alone.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(outp.ptr().add((c0 + c) * rows + r0), nr)
-                        };
-                        dst.copy_from_slice(&tile[c * nr..(c + 1) * nr]);
-                    }
-                    c0 += nc;
                 }
-                r0 += nr;
+                c0 += nc;
             }
-        });
+            r0 += nr;
+        }
     });
 }
 

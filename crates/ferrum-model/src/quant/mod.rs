@@ -301,6 +301,39 @@ impl Kernels {
         out: &mut [f32],
         out_stride: usize,
     ) {
+        if nrows == 0 || ncols == 0 {
+            return;
+        }
+        assert!(
+            out.len() >= (ncols - 1) * out_stride + nrows,
+            "programming error: output slice too short"
+        );
+        // SAFETY: the slices were checked to cover every row the kernel reads or writes, and
+        // `out` is borrowed mutably for the call.
+        unsafe {
+            self.matmul_tile_raw(w_ty, n, w, nrows, a, ncols, out.as_mut_ptr(), out_stride);
+        }
+    }
+
+    /// [`Kernels::matmul_tile`] writing through a raw pointer, so threads can fill disjoint
+    /// rows of one shared output matrix in place (no per-thread tile to copy out).
+    ///
+    /// # Safety
+    /// `out.add(c * out_stride + r)` must be valid for writes for every `r < nrows`,
+    /// `c < ncols`, and no other thread may access those elements during the call. The slice
+    /// lengths are checked as in `matmul_tile`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn matmul_tile_raw(
+        &self,
+        w_ty: GgmlType,
+        n: usize,
+        w: &[u8],
+        nrows: usize,
+        a: &[u8],
+        ncols: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
         assert!(
             is_weight_type(w_ty),
             "programming error: {w_ty:?} is not a weight type"
@@ -311,23 +344,15 @@ impl Kernels {
             return;
         }
         assert!(
-            w.len() >= nrows * ws,
-            "programming error: weight slice too short"
-        );
-        assert!(
-            a.len() >= ncols * as_,
-            "programming error: activation slice too short"
-        );
-        assert!(
-            out.len() >= (ncols - 1) * out_stride + nrows,
-            "programming error: output slice too short"
+            w.len() >= nrows * ws && a.len() >= ncols * as_,
+            "programming error: weight or activation slice too short"
         );
         match self.level {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: this level is only handed out after its CPU features were detected, and
-            // the slices were checked to cover every row the kernel reads or writes.
+            // SAFETY: this level is only handed out after its CPU features were detected; the
+            // input slices were checked and the caller vouches for the output.
             SimdLevel::Avx2 => unsafe {
-                let o = out.as_mut_ptr();
+                let o = out;
                 avx2::matmul(
                     w_ty,
                     n,
@@ -344,7 +369,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             SimdLevel::Avx512 => unsafe {
-                let (wp, ap, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+                let (wp, ap, o) = (w.as_ptr(), a.as_ptr(), out);
                 if self.vnni {
                     avx512::vnni::matmul(w_ty, n, wp, ws, nrows, ap, as_, ncols, o, out_stride)
                 } else {
@@ -356,7 +381,7 @@ impl Kernels {
                     let wr = &w[r * ws..(r + 1) * ws];
                     for c in 0..ncols {
                         let ac = &a[c * as_..(c + 1) * as_];
-                        out[c * out_stride + r] = scalar::vec_dot(w_ty, n, wr, ac);
+                        *out.add(c * out_stride + r) = scalar::vec_dot(w_ty, n, wr, ac);
                     }
                 }
             }
