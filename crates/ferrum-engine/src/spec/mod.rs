@@ -406,7 +406,14 @@ impl Speculator {
         }
         r.idle += 1;
         let wait = cfg.backoff_steps.max(1) << r.failed_probes.min(MAX_PROBE_SHIFT);
-        if r.idle >= wait && max_len > 0 {
+        // Probe only a drafter that could pay if every draft were accepted: a draft model
+        // about as costly as the target never can, and each probe makes it catch up on the
+        // whole context first.
+        let could_pay = {
+            let mut trial = *step;
+            trial.choose(&self.cost, 1.0, draft_cost, PROBE_LEN.min(max_len)) > 0
+        };
+        if r.idle >= wait && max_len > 0 && could_pay {
             r.idle = 0;
             r.probing = true;
             return PROBE_LEN.min(max_len);

@@ -486,3 +486,32 @@ fn sampled_outputs_keep_the_target_distribution() {
     let (_, _, p_wrong) = chi_square(&spec, &other);
     assert!(p_wrong < 1e-6, "p = {p_wrong}");
 }
+
+#[test]
+fn a_drafter_that_cannot_pay_even_when_always_right_is_never_probed() {
+    let cfg = SpecConfig::default();
+    assert!(cfg.cost_aware);
+    let mut sp = Speculator::new(0.33);
+    for _ in 0..20 {
+        sp.cost.observe(1, 0.010);
+        sp.cost.observe(4, 0.020);
+    }
+    // A draft model as costly as the target: 12 ms per drafted token vs a 10 ms step.
+    sp.record_draft_time(SpecMethod::External, 4, 0.048);
+    // A lookup drafter: microseconds.
+    sp.record_draft_time(SpecMethod::Suffix, 4, 0.0002);
+    let probes = |sp: &Speculator, m: SpecMethod| {
+        let mut r = ReqSpec::new(m);
+        for _ in 0..50 {
+            r.acc.record_recent(4, 0); // drafts keep failing: plain decoding is chosen
+        }
+        (0..600)
+            .filter(|_| {
+                let mut step = cost::StepPlan::new(1);
+                sp.plan(&cfg, &mut r, &mut step, 8) > 0
+            })
+            .count()
+    };
+    assert_eq!(probes(&sp, SpecMethod::External), 0);
+    assert!(probes(&sp, SpecMethod::Suffix) > 0);
+}
