@@ -2,88 +2,36 @@
 //! name their program and tool, the server traces every turn, and the replay of that trace
 //! under the live policy agrees with the live hit rate.
 
-use std::net::SocketAddr;
+mod common;
+
+use common::{start_fake_server, FakeServer};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferrum_bench::agents::live::{run_live, scrape_metrics, LiveConfig};
 use ferrum_bench::agents::replay::{replay, ReplayConfig};
 use ferrum_bench::agents::trace::{parse_trace, programs};
 use ferrum_bench::agents::workload::{plan, AgentSpec};
-use ferrum_engine::testing::FakeRunner;
-use ferrum_engine::{Engine, EngineConfig, EngineHandle, KvRetention, RetentionConfig};
-use ferrum_server::{serve, AsciiCodec, Model, Server, ServerConfig, TraceSink, ASCII_VOCAB};
+use ferrum_engine::{EngineConfig, KvRetention, RetentionConfig};
+use ferrum_server::{ServerConfig, TraceSink};
 
-struct Fake {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn start(policy: KvRetention, trace: TraceSink) -> Fake {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            addr_tx
-                .send(listener.local_addr().expect("addr"))
-                .expect("send addr");
-            let cfg = EngineConfig {
-                num_blocks: 512,
-                max_model_len: 4096,
-                retention: RetentionConfig {
-                    policy,
-                    ..RetentionConfig::default()
-                },
-                ..EngineConfig::default()
-            };
-            let runner = FakeRunner::new(ASCII_VOCAB, cfg.num_blocks, cfg.block_size);
-            let kv = cfg.num_blocks * cfg.block_size;
-            let engine = Engine::new(runner, Arc::new(AsciiCodec), cfg).expect("engine");
-            let server = Server::new(ServerConfig {
-                trace: Some(trace),
-                ..ServerConfig::default()
-            });
-            server.set_model(Model {
-                name: "fake-model".into(),
-                engine: EngineHandle::spawn(engine),
-                codec: Arc::new(AsciiCodec),
-                max_model_len: 4096,
-                kv_capacity_tokens: kv,
-            });
-            serve(listener, server, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .expect("serve");
-        });
-    });
-    let addr = addr_rx.recv().expect("server address");
-    Fake {
-        addr,
-        stop: Some(stop),
-        thread: Some(thread),
-    }
+fn start(policy: KvRetention, trace: TraceSink) -> FakeServer {
+    let cfg = EngineConfig {
+        num_blocks: 512,
+        max_model_len: 4096,
+        retention: RetentionConfig {
+            policy,
+            ..RetentionConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    start_fake_server(
+        cfg,
+        ServerConfig {
+            trace: Some(trace),
+            ..ServerConfig::default()
+        },
+    )
 }
 
 #[test]

@@ -1,82 +1,28 @@
 //! `run_serve` against the real HTTP server over the engine's fake model (hermetic, a few
 //! seconds): counts, token totals and timings must match what the workload asked for.
 
+mod common;
+
+use common::{start_fake_server, FakeServer};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferrum_bench::serve::workload::from_token_requests;
 use ferrum_bench::serve::{run_serve, ClientConfig, PromptInput, ServeItem, ServeOptions};
 use ferrum_bench::synthetic::{random, RandomSpec};
 use ferrum_bench::BenchError;
-use ferrum_engine::testing::FakeRunner;
-use ferrum_engine::{Engine, EngineConfig, EngineHandle};
-use ferrum_server::{serve, AsciiCodec, Model, Server, ServerConfig, ASCII_VOCAB};
+use ferrum_engine::EngineConfig;
+use ferrum_server::{ServerConfig, ASCII_VOCAB};
 
-struct Fake {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn start() -> Fake {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            addr_tx
-                .send(listener.local_addr().expect("addr"))
-                .expect("send addr");
-            let cfg = EngineConfig {
-                num_blocks: 1024,
-                max_model_len: 1024,
-                max_waiting: 256,
-                ..EngineConfig::default()
-            };
-            let runner = FakeRunner::new(ASCII_VOCAB, cfg.num_blocks, cfg.block_size);
-            let kv = cfg.num_blocks * cfg.block_size;
-            let engine = Engine::new(runner, Arc::new(AsciiCodec), cfg).expect("engine");
-            let server = Server::new(ServerConfig::default());
-            server.set_model(Model {
-                name: "fake-model".into(),
-                engine: EngineHandle::spawn(engine),
-                codec: Arc::new(AsciiCodec),
-                max_model_len: 1024,
-                kv_capacity_tokens: kv,
-            });
-            serve(listener, server, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .expect("serve");
-        });
-    });
-    let addr = addr_rx.recv().expect("server address");
-    Fake {
-        addr,
-        stop: Some(stop),
-        thread: Some(thread),
-    }
+fn start() -> FakeServer {
+    let cfg = EngineConfig {
+        num_blocks: 1024,
+        max_model_len: 1024,
+        max_waiting: 256,
+        ..EngineConfig::default()
+    };
+    start_fake_server(cfg, ServerConfig::default())
 }
 
 fn opts(addr: SocketAddr, concurrency: usize, rate: Option<f64>) -> ServeOptions {
