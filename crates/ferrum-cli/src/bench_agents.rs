@@ -165,8 +165,12 @@ pub fn run(a: AgentsArgs) -> Result<()> {
                 timeout: Duration::from_secs(600),
             };
             let r = run_live(&cfg, &plans)?;
-            if !a.json {
-                print_report(policy, &r);
+            // With --json every run's report still goes to stderr, so runs can be recorded.
+            let text = report_text(policy, &r);
+            if a.json {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
             }
             reports.push(r);
         }
@@ -194,6 +198,8 @@ pub fn run(a: AgentsArgs) -> Result<()> {
             v["hit_rate"] = med(|r| r.hit_rate).into();
             v["pinned_block_seconds"] = med(|r| r.pinned_block_seconds).into();
             v["shadow_hit_tokens"] = med(|r| r.shadow_hit_tokens).into();
+            v["shadow_predicted_hit_rate"] = med(|r| r.shadow_predicted_hit_rate).into();
+            v["cached_tokens"] = med(|r| r.cached_tokens as f64).into();
             v["runs"] = reports.len().into();
             v["runs_mean_jct_s"] = reports
                 .iter()
@@ -207,17 +213,22 @@ pub fn run(a: AgentsArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_report(policy: &str, r: &LiveReport) {
-    println!(
-        "== {policy}: mean JCT {:.2} s, mean TTFT {:.3} s, hit rate {:.1}%, re-prefilled {} tokens ({} after short tools, {} after long), pinned {:.1} block-s, shadow hits {} tokens, {} errors, wall {:.1} s",
+fn report_text(policy: &str, r: &LiveReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "== {policy}: mean JCT {:.2} s, mean TTFT {:.3} s, hit rate {:.1}% ({} cached tokens), re-prefilled {} tokens ({} after short tools, {} after long), pinned {:.1} block-s, shadow: {} hit tokens, predicted hit rate {:.1}%, {} errors, wall {:.1} s",
         r.mean_jct_s,
         r.mean_ttft_s,
         100.0 * r.hit_rate,
+        r.cached_tokens,
         r.reprefill_tokens,
         r.reprefill_tokens_short,
         r.reprefill_tokens_long,
         r.pinned_block_seconds,
         r.shadow_hit_tokens,
+        100.0 * r.shadow_predicted_hit_rate,
         r.errors,
         r.wall_s
     );
@@ -227,7 +238,7 @@ fn print_report(policy: &str, r: &LiveReport) {
         .filter(|(_, v)| *v != 0.0)
         .map(|(k, v)| format!("{}={v}", k.trim_start_matches("ferrum_")))
         .collect();
-    println!("  counters: {}", counters.join(" "));
+    let _ = writeln!(out, "  counters: {}", counters.join(" "));
     for p in &r.programs {
         let ttft: Vec<String> = p.turns.iter().map(|t| format!("{:.2}", t.ttft_s)).collect();
         let re: Vec<String> = p
@@ -235,7 +246,8 @@ fn print_report(policy: &str, r: &LiveReport) {
             .iter()
             .map(|t| t.reprefill_tokens.to_string())
             .collect();
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<14} JCT {:>7.2} s  TTFT/turn [{}]  re-prefill/turn [{}]{}",
             p.id,
             p.jct_s,
@@ -247,4 +259,5 @@ fn print_report(policy: &str, r: &LiveReport) {
                 .unwrap_or_default()
         );
     }
+    out
 }

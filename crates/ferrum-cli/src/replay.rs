@@ -15,9 +15,13 @@ use ferrum_engine::KvRetention;
 pub struct ReplayArgs {
     /// The JSONL trace.
     trace: PathBuf,
-    /// Policies to simulate (comma-separated): lru, ttl, pin-all.
+    /// Policies to simulate (comma-separated): lru, ttl, pin-all, shadow (lru with the
+    /// predictor in shadow mode: prints the hits ttl is predicted to deliver).
     #[arg(long, value_delimiter = ',', default_value = "lru,ttl")]
-    policy: Vec<KvRetention>,
+    policy: Vec<String>,
+    /// Most sequences running at once (the server's --max-running).
+    #[arg(long, default_value_t = 64)]
+    max_running: usize,
     /// KV pool size in tokens (use the live server's to compare with it).
     #[arg(long, default_value_t = 65_536)]
     kv_cache_tokens: usize,
@@ -59,6 +63,12 @@ fn to_json(r: &ReplayReport) -> serde_json::Value {
         "mean_ttft_s": r.mean_ttft_s,
         "trace_hit_rate": r.trace_hit_rate,
         "trace_mean_jct_s": r.trace_mean_jct_s,
+        "preemptions": r.preemptions,
+        "pins": r.retention.pins,
+        "reclaimed": r.retention.reclaimed,
+        "shadow_hit_tokens": r.retention.shadow_hit_tokens,
+        "shadow_predicted_hit_rate": r.retention.shadow_hit_tokens as f64
+            / r.retention.shadow_prompt_tokens.max(1) as f64,
     })
 }
 
@@ -74,9 +84,15 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         decode_seq_s: a.decode_seq_ms.map_or(d.decode_seq_s, |m| m / 1e3),
     };
     let mut out = serde_json::Map::new();
-    for &policy in &a.policy {
+    for name in &a.policy {
+        let (policy, shadow) = match name.as_str() {
+            "shadow" => (KvRetention::Lru, true),
+            p => (p.parse::<KvRetention>().map_err(anyhow::Error::msg)?, false),
+        };
         let cfg = ReplayConfig {
             policy,
+            shadow,
+            max_running: a.max_running,
             kv_cache_tokens: a.kv_cache_tokens,
             max_batched_tokens: a.max_batched_tokens,
             max_pinned_fraction: a.max_pinned_fraction,
@@ -85,7 +101,7 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         };
         let r = replay(&progs, &cfg)?;
         if a.json {
-            out.insert(policy.name().to_string(), to_json(&r));
+            out.insert(r.policy.clone(), to_json(&r));
         } else {
             println!(
                 "{:<8} hit rate {:5.1}% (trace {:5.1}%)  re-prefilled {:>8} tokens  pinned {:>9.1} block-s  mean JCT {:7.2} s (trace {:7.2} s)  mean TTFT {:.3} s",
@@ -109,6 +125,16 @@ pub fn run(a: ReplayArgs) -> Result<()> {
                 "         pins {} (skipped {}, expired {}, reclaimed {}, displaced {}), returns pinned {} / unpinned {}, preemptions {}",
                 c.pins, c.skipped, c.expired, c.reclaimed, c.displaced, c.returns_pinned, c.returns_unpinned, r.preemptions
             );
+            if shadow {
+                println!(
+                    "         shadow: predicted ttl hit tokens {} of {} (predicted hit rate {:.1}%), virtual pins {} (dropped {})",
+                    c.shadow_hit_tokens,
+                    c.shadow_prompt_tokens,
+                    100.0 * c.shadow_hit_tokens as f64 / c.shadow_prompt_tokens.max(1) as f64,
+                    c.shadow_pins,
+                    c.shadow_dropped
+                );
+            }
         }
     }
     if a.json {

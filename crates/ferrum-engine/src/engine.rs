@@ -166,6 +166,8 @@ pub struct EngineStats {
     pub spec: SpecStats,
     /// Blocks pinned for agent programs.
     pub pinned_blocks: usize,
+    /// Shadow mode: blocks `ttl` would hold pinned now (virtual pins; none are held).
+    pub shadow_pinned_blocks: usize,
     /// Agent-program retention counters.
     pub retention: crate::retention::RetentionCounters,
 }
@@ -672,6 +674,7 @@ impl<R: ModelRunner> Engine<R> {
             steps: self.steps,
             spec: self.spec.stats,
             pinned_blocks: self.sched.cache().pinned_blocks(),
+            shadow_pinned_blocks: self.sched.retention().shadow_pinned_blocks(),
             retention: self.sched.retention().counters(),
         }
     }

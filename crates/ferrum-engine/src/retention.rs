@@ -17,11 +17,15 @@
 //!   cached block is left to evict, it calls [`Retention::reclaim_one`], which drops the pin
 //!   soonest to expire, before it would preempt anything.
 //! - Expired pins are dropped by [`Retention::expire`], which the scheduler calls at the
-//!   start of every step, so a pin outlives its TTL by at most one step.
+//!   start of every step, so a pin outlives its TTL by at most one step. There each pin's
+//!   TTL is also re-chosen at the current pressure, and shortened if that gives less.
 //! - A turn that arrives while its program is pinned keeps the pin, TTL lifted, until it is
 //!   admitted (a returning turn is not penalized for waiting behind a long step); admission
 //!   releases the pin (the turn's own lock then holds the path), and waiting turns of pinned programs are admitted first, oldest program first
 //!   ([`Retention::preferred`]).
+//!
+//! Shadow mode (`lru` with `shadow`) runs `ttl`'s decisions on *virtual* pins (no block is
+//! held) and predicts the cache hits `ttl` would deliver; see the `shadow` submodule.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -144,10 +148,19 @@ pub struct RetentionCounters {
     pub returns_unpinned: u64,
     /// Sum over time of pinned blocks, in block-microseconds.
     pub pinned_block_us: u64,
-    /// Shadow mode: turns that would have found their program pinned by `ttl`.
+    /// Shadow mode: turns admitted while `ttl` would still have held their program pinned.
     pub shadow_hits: u64,
-    /// Shadow mode: prompt tokens those turns would have had cached.
+    /// Shadow mode: prompt tokens of program turns `ttl` would have served from the cache
+    /// (what `lru` served, or more where a virtual pin was still alive at admission).
     pub shadow_hit_tokens: u64,
+    /// Shadow mode: prompt tokens of program turns (the denominator of the predicted hit
+    /// rate `shadow_hit_tokens / shadow_prompt_tokens`).
+    pub shadow_prompt_tokens: u64,
+    /// Shadow mode: virtual pins taken.
+    pub shadow_pins: u64,
+    /// Shadow mode: virtual pins dropped before their TTL, by the pin cap or because running
+    /// work needed the blocks.
+    pub shadow_dropped: u64,
 }
 
 #[derive(Debug)]
@@ -162,8 +175,10 @@ struct Program {
     last_finish: Option<Instant>,
     tool: Option<String>,
     pin: Option<Pin>,
-    /// Shadow mode: when `ttl` would have released the last turn's KV, and its tokens.
-    shadow: Option<(Instant, usize)>,
+    /// Shadow mode: what `ttl` would hold pinned of the last turn.
+    shadow: Option<shadow::VirtualPin>,
+    /// Shadow mode: the path a waiting turn found virtually pinned when it arrived.
+    shadow_found: Option<Vec<u32>>,
 }
 
 /// Per-program pins and the gap predictor; see the module docs.
@@ -175,6 +190,8 @@ pub struct Retention {
     programs: HashMap<String, Program>,
     counters: RetentionCounters,
     last_tick: Option<Instant>,
+    /// Shadow mode: blocks held by virtual pins.
+    shadow_blocks: usize,
 }
 
 impl Retention {
@@ -187,6 +204,7 @@ impl Retention {
             programs: HashMap::new(),
             counters: RetentionCounters::default(),
             last_tick: None,
+            shadow_blocks: 0,
         }
     }
 
@@ -244,6 +262,7 @@ impl Retention {
                 tool: None,
                 pin: None,
                 shadow: None,
+                shadow_found: None,
             });
         if let Some(pin) = p.pin.as_mut() {
             // Returned within its TTL: hold the KV until the turn is admitted (it may wait
@@ -257,11 +276,11 @@ impl Retention {
                 self.counters.returns_unpinned += 1;
             }
         }
-        if let Some((until, tokens)) = p.shadow.take() {
-            if now <= until {
-                self.counters.shadow_hits += 1;
-                self.counters.shadow_hit_tokens += tokens as u64;
-            }
+        if let Some(v) = p.shadow.take() {
+            // Under `ttl` this turn would find its KV and be admitted first: it counts as
+            // a hit at its admission, and no longer holds the virtual cap.
+            self.shadow_blocks -= v.blocks;
+            p.shadow_found = Some(v.tokens);
         }
     }
 
@@ -274,20 +293,23 @@ impl Retention {
         }
     }
 
-    /// A turn of `program` finished with its cached path ending at `path.0` (`path.1` tokens);
-    /// it waits on `tool` next. Pins the path per the policy. `pressure` is the share of the
-    /// pool running and waiting work needs (0..=1), `num_blocks` the pool size.
+    /// A turn of `program` finished with its cached path ending at `path.0` (`path.1` tokens,
+    /// the first of `tokens`); it waits on `tool` next. Pins the path per the policy (in
+    /// shadow mode, virtually). `pressure` is the share of the pool running and waiting work
+    /// needs (0..=1), `num_blocks` the pool size.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_finish(
         &mut self,
         program: &str,
         tool: Option<&str>,
         path: Option<(NodeId, usize)>,
+        tokens: &[u32],
         pressure: f64,
         cache: &mut RadixCache,
         num_blocks: usize,
     ) {
         let now = self.clock.now();
-        let (node, tokens) = (path.map(|p| p.0), path.map_or(0, |p| p.1));
+        let (node, path_tokens) = (path.map(|p| p.0), path.map_or(0, |p| p.1));
         let ttl = match self.cfg.policy {
             KvRetention::PinAll => None,
             _ => Some(self.predictor.ttl(tool, pressure)),
@@ -307,10 +329,11 @@ impl Retention {
                     program,
                     tool,
                     ttl_s = ttl.as_secs_f64(),
-                    tokens,
+                    tokens = path_tokens,
                     "shadow pin"
                 );
-                p.shadow = (!ttl.is_zero()).then_some((now + ttl, tokens));
+                let path = &tokens[..path_tokens.min(tokens.len())];
+                self.shadow_pin(program, path, cache.block_size(), ttl, now, num_blocks);
             }
             return;
         }
@@ -372,8 +395,12 @@ impl Retention {
         dropped
     }
 
-    /// Drops expired pins and accounts pinned block-seconds; call once per step.
-    pub fn expire(&mut self, cache: &mut RadixCache) {
+    /// Drops expired pins and accounts pinned block-seconds; call once per step with the
+    /// current KV `pressure` (as for [`Retention::on_finish`]). A pin's TTL was chosen for
+    /// the pressure at its turn's end; it is re-chosen at the current pressure and shortened
+    /// if that gives less (a long-tool pin taken while the pool was idle must not outlive
+    /// its worth once the pool fills, holding the cap against short-tool pins).
+    pub fn expire(&mut self, cache: &mut RadixCache, pressure: f64) {
         let now = self.clock.now();
         if let Some(last) = self.last_tick {
             let dt = now.saturating_duration_since(last).as_micros();
@@ -388,13 +415,38 @@ impl Retention {
             return;
         }
         let horizon = self.cfg.predictor.max_ttl * 2;
+        let predictor = &self.predictor;
+        let mut ttls: HashMap<Option<String>, Duration> = HashMap::new();
         self.programs.retain(|_, p| {
+            let waiting = p.pin.as_ref().is_some_and(|x| x.expires.is_some())
+                || p.shadow.as_ref().is_some_and(|v| v.expires.is_some());
+            if let (true, Some(end)) = (waiting, p.last_finish) {
+                let ttl = *ttls
+                    .entry(p.tool.clone())
+                    .or_insert_with(|| predictor.ttl(p.tool.as_deref(), pressure));
+                let cut = |e: &mut Option<Instant>| {
+                    if let Some(e) = e.as_mut() {
+                        *e = (*e).min(end + ttl);
+                    }
+                };
+                if let Some(pin) = p.pin.as_mut() {
+                    cut(&mut pin.expires);
+                }
+                if let Some(v) = p.shadow.as_mut() {
+                    cut(&mut v.expires);
+                }
+            }
             if let Some(pin) = p.pin.take_if(|pin| pin.expires.is_some_and(|e| e <= now)) {
                 cache.unpin(pin.node);
                 self.counters.expired += 1;
             }
+            if let Some(v) = p.shadow.take_if(|v| v.expires.is_some_and(|e| e <= now)) {
+                self.shadow_blocks -= v.blocks;
+            }
             // Forget programs idle for long (an agent that never returns).
             p.pin.is_some()
+                || p.shadow.is_some()
+                || p.shadow_found.is_some()
                 || p.last_finish
                     .is_none_or(|t| now.saturating_duration_since(t) < horizon)
         });
@@ -408,6 +460,9 @@ impl Retention {
         if let Some(pin) = p.pin {
             cache.unpin(pin.node);
             self.counters.released += 1;
+        }
+        if let Some(v) = p.shadow {
+            self.shadow_blocks -= v.blocks;
         }
         true
     }
@@ -427,5 +482,6 @@ impl Retention {
     }
 }
 
+mod shadow;
 #[cfg(test)]
 mod tests;

@@ -308,10 +308,19 @@ impl Scheduler {
         self.retention.release_program(program, &mut self.cache)
     }
 
-    /// Share of the pool that running work, pins and waiting requests need (0..=1).
+    /// Blocks held by running work and pins: neither free nor evictable.
+    fn held_blocks(&self) -> usize {
+        let total = self.cfg.num_blocks;
+        total
+            .saturating_sub(self.pool.num_free())
+            .saturating_sub(self.cache.evictable_blocks())
+    }
+
+    /// Share of the pool that running work, pins (in shadow mode, virtual pins too) and
+    /// waiting requests need (0..=1).
     fn pressure(&self) -> f64 {
         let total = self.cfg.num_blocks.max(1);
-        let held = total - self.pool.num_free() - self.cache.evictable_blocks().min(total);
+        let held = self.held_blocks() + self.retention.shadow_pinned_blocks();
         let waiting: usize = self
             .waiting
             .iter()
@@ -369,7 +378,8 @@ impl Scheduler {
         let mut out = Schedule::default();
         let mut budget = self.cfg.max_batched_tokens;
         let mut scheduled: HashSet<RequestId> = HashSet::new();
-        self.retention.expire(&mut self.cache);
+        let pressure = self.pressure();
+        self.retention.expire(&mut self.cache, pressure);
         let infos: Vec<RequestInfo<'_>> = self
             .running
             .iter()
@@ -458,6 +468,8 @@ impl Scheduler {
         if out.preempted.is_empty() {
             self.admit(&mut budget, &mut out);
         }
+        let held = self.held_blocks();
+        self.retention.shadow_reclaim(held, self.cfg.num_blocks);
         out
     }
 
@@ -539,6 +551,10 @@ impl Scheduler {
             s.node = node;
             s.on_path = hit_blocks_len;
             s.hit = hit;
+            if let (None, Some(p)) = (s.first_hit, s.meta.program.as_deref()) {
+                self.retention
+                    .on_first_admit(p, s.lookup(), hit, s.prompt_len, bs);
+            }
             s.first_hit.get_or_insert(hit);
             self.counters.cache_hit_tokens += hit as u64;
             out.chunks.push(Chunk {
@@ -689,6 +705,7 @@ impl Scheduler {
                 p,
                 s.meta.tool.as_deref(),
                 end,
+                &s.tokens,
                 pressure,
                 &mut self.cache,
                 self.cfg.num_blocks,

@@ -342,8 +342,28 @@ fn render_retention(out: &mut String, s: &EngineStats) {
     );
     let _ = writeln!(
         out,
-        "# HELP ferrum_retention_shadow_hit_tokens_total Shadow mode: prompt tokens ttl would have kept cached.\n# TYPE ferrum_retention_shadow_hit_tokens_total counter\nferrum_retention_shadow_hit_tokens_total {}",
+        "# HELP ferrum_retention_shadow_hit_tokens_total Shadow mode: prompt tokens of program turns ttl would have served from the cache (lru's hits, or more where a virtual pin was alive).\n# TYPE ferrum_retention_shadow_hit_tokens_total counter\nferrum_retention_shadow_hit_tokens_total {}",
         r.shadow_hit_tokens
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ferrum_retention_shadow_prompt_tokens_total Shadow mode: prompt tokens of program turns.\n# TYPE ferrum_retention_shadow_prompt_tokens_total counter\nferrum_retention_shadow_prompt_tokens_total {}",
+        r.shadow_prompt_tokens
+    );
+    let rate = r.shadow_hit_tokens as f64 / r.shadow_prompt_tokens.max(1) as f64;
+    let _ = writeln!(
+        out,
+        "# HELP ferrum_retention_shadow_predicted_hit_rate Shadow mode: cached share of program prompt tokens ttl is predicted to deliver.\n# TYPE ferrum_retention_shadow_predicted_hit_rate gauge\nferrum_retention_shadow_predicted_hit_rate {rate}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ferrum_retention_shadow_pins_total Shadow mode: virtual pins by what happened to them.\n# TYPE ferrum_retention_shadow_pins_total counter\nferrum_retention_shadow_pins_total{{event=\"pinned\"}} {}\nferrum_retention_shadow_pins_total{{event=\"dropped\"}} {}",
+        r.shadow_pins, r.shadow_dropped
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ferrum_kv_blocks_shadow_pinned Shadow mode: KV blocks ttl would hold pinned now.\n# TYPE ferrum_kv_blocks_shadow_pinned gauge\nferrum_kv_blocks_shadow_pinned {}",
+        s.shadow_pinned_blocks
     );
 }
 
@@ -413,6 +433,24 @@ mod tests {
         assert!(text.contains("ferrum_retention_pins_total{event=\"expired\"} 2"));
         assert!(text.contains("ferrum_retention_returns_total{pinned=\"true\"} 1"));
         assert!(text.contains("ferrum_retention_pinned_block_seconds_total 2.5"));
+    }
+
+    #[test]
+    fn shadow_prediction_is_rendered_as_tokens_and_hit_rate() {
+        let mut e = EngineStats {
+            shadow_pinned_blocks: 5,
+            ..Default::default()
+        };
+        e.retention.shadow_hit_tokens = 300;
+        e.retention.shadow_prompt_tokens = 400;
+        e.retention.shadow_pins = 4;
+        e.retention.shadow_dropped = 1;
+        let text = Metrics::default().render(Some(&e), true);
+        assert!(text.contains("ferrum_retention_shadow_hit_tokens_total 300"));
+        assert!(text.contains("ferrum_retention_shadow_prompt_tokens_total 400"));
+        assert!(text.contains("ferrum_retention_shadow_predicted_hit_rate 0.75"));
+        assert!(text.contains("ferrum_retention_shadow_pins_total{event=\"dropped\"} 1"));
+        assert!(text.contains("ferrum_kv_blocks_shadow_pinned 5"));
     }
 
     #[test]

@@ -87,8 +87,12 @@ pub struct LiveReport {
     pub cached_tokens: u64,
     /// Pinned KV over the run, block-seconds (from `/metrics`).
     pub pinned_block_seconds: f64,
-    /// Shadow mode: prompt tokens `ttl` would have kept cached (from `/metrics`).
+    /// Shadow mode: prompt tokens `ttl` is predicted to serve from the cache (from
+    /// `/metrics`), to compare with `ttl`'s live `cached_tokens`.
     pub shadow_hit_tokens: f64,
+    /// Shadow mode: the predicted hit rate (`shadow_hit_tokens` over the program prompt
+    /// tokens the server counted), to compare with `ttl`'s live `hit_rate`.
+    pub shadow_predicted_hit_rate: f64,
     /// Every `ferrum_retention_*` and `ferrum_preemptions*` series of `/metrics`, as its
     /// change over the run (pins taken, expired, reclaimed; returns pinned or not).
     pub retention: Vec<(String, f64)>,
@@ -114,6 +118,7 @@ impl LiveReport {
             "cached_tokens": self.cached_tokens,
             "pinned_block_seconds": self.pinned_block_seconds,
             "shadow_hit_tokens": self.shadow_hit_tokens,
+            "shadow_predicted_hit_rate": self.shadow_predicted_hit_rate,
             "wall_s": self.wall_s,
             "retention": self.retention.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "errors": self.errors,
@@ -341,6 +346,10 @@ pub fn run_live(cfg: &LiveConfig, plans: &[AgentPlan]) -> Result<LiveReport> {
     r.wall_s = wall_s;
     r.pinned_block_seconds = delta("ferrum_retention_pinned_block_seconds_total");
     r.shadow_hit_tokens = delta("ferrum_retention_shadow_hit_tokens_total");
+    r.shadow_predicted_hit_rate = shadow_rate(
+        r.shadow_hit_tokens,
+        delta("ferrum_retention_shadow_prompt_tokens_total"),
+    );
     let mut keys: Vec<&String> = after
         .keys()
         .filter(|k| k.starts_with("ferrum_retention_") || k.starts_with("ferrum_preemptions"))
@@ -348,6 +357,15 @@ pub fn run_live(cfg: &LiveConfig, plans: &[AgentPlan]) -> Result<LiveReport> {
     keys.sort();
     r.retention = keys.into_iter().map(|k| (k.clone(), delta(k))).collect();
     Ok(r)
+}
+
+/// Predicted hit rate from the shadow counters' deltas (0 when shadow mode saw no turn).
+pub fn shadow_rate(hit_tokens: f64, prompt_tokens: f64) -> f64 {
+    if prompt_tokens > 0.0 {
+        hit_tokens / prompt_tokens
+    } else {
+        0.0
+    }
 }
 
 /// Aggregates per-program results.

@@ -68,6 +68,9 @@ impl CostModel {
 pub struct ReplayConfig {
     /// Retention policy to simulate.
     pub policy: KvRetention,
+    /// With `Lru`: run the predictor in shadow mode (the report's
+    /// `retention.shadow_hit_tokens` is then the predicted `ttl` hits).
+    pub shadow: bool,
     /// KV pool size in tokens.
     pub kv_cache_tokens: usize,
     /// Tokens per block.
@@ -88,6 +91,7 @@ impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
             policy: KvRetention::Lru,
+            shadow: false,
             kv_cache_tokens: 65_536,
             block_size: 16,
             max_batched_tokens: 512,
@@ -192,6 +196,7 @@ pub fn replay(programs: &[TraceProgram], cfg: &ReplayConfig) -> Result<ReplayRep
         retention: RetentionConfig {
             policy: cfg.policy,
             max_pinned_fraction: cfg.max_pinned_fraction,
+            shadow: cfg.shadow,
             ..RetentionConfig::default()
         },
         ..EngineConfig::default()
@@ -330,6 +335,9 @@ pub fn replay(programs: &[TraceProgram], cfg: &ReplayConfig) -> Result<ReplayRep
         cfg.policy,
         stats.retention.pinned_block_us,
     );
+    if cfg.shadow && cfg.policy == KvRetention::Lru {
+        r.policy = "shadow".to_string();
+    }
     r.retention = stats.retention;
     r.preemptions = stats.preemptions;
     Ok(r)

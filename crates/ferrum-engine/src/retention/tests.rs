@@ -265,3 +265,155 @@ fn a_turn_that_arrives_within_its_ttl_keeps_the_pin_until_admitted() {
     assert_eq!((r.returns_pinned, r.expired), (1, 0));
     assert!(cached.unwrap() >= 28, "{cached:?}");
 }
+
+/// A scripted scenario step: advance the manual clock (then one engine step, so expiry
+/// runs), or run turns concurrently to completion.
+enum Op {
+    Wait(u64),
+    /// (program or `None` for an unrelated request, seed, fresh tokens): a program's turn
+    /// is its history (earlier prompt and output) plus the fresh tokens.
+    Turns(Vec<(Option<&'static str>, u64, usize)>),
+}
+
+/// Plays `ops` under `policy` (with `shadow`); returns the cached prompt tokens of program
+/// turns and the retention counters.
+fn play(
+    policy: KvRetention,
+    shadow: bool,
+    num_blocks: usize,
+    cap: f64,
+    ops: &[Op],
+) -> (u64, RetentionCounters) {
+    let mut c = cfg(num_blocks, policy, cap);
+    c.retention.shadow = shadow;
+    let (mut e, clock) = engine(c);
+    let mut hist: HashMap<&str, Vec<u32>> = HashMap::new();
+    let mut cached = 0u64;
+    for op in ops {
+        match op {
+            Op::Wait(ms) => {
+                clock.advance(Duration::from_millis(*ms));
+                e.step();
+            }
+            Op::Turns(ts) => {
+                let prompts: Vec<Vec<u32>> = ts
+                    .iter()
+                    .map(|(p, seed, n)| {
+                        let h = p.and_then(|p| hist.get(p)).cloned().unwrap_or_default();
+                        [h, prompt(*seed, *n)].concat()
+                    })
+                    .collect();
+                let reqs = ts
+                    .iter()
+                    .zip(&prompts)
+                    .map(|((p, _, _), pr)| turn(pr.clone(), *p, 4))
+                    .collect();
+                let out = run(&mut e, reqs);
+                for (((p, _, _), pr), (toks, usage)) in ts.iter().zip(prompts).zip(out) {
+                    if let Some(p) = p {
+                        cached += usage.cached_tokens as u64;
+                        hist.insert(*p, [pr, toks].concat());
+                    }
+                }
+            }
+        }
+    }
+    (cached, e.stats().retention)
+}
+
+/// Live `ttl` program hits, and the shadow prediction of them under `lru`.
+fn ttl_and_shadow(num_blocks: usize, cap: f64, ops: &[Op]) -> (u64, RetentionCounters) {
+    let (ttl_cached, ttl) = play(KvRetention::Ttl, false, num_blocks, cap, ops);
+    let (_, shadow) = play(KvRetention::Lru, true, num_blocks, cap, ops);
+    assert_eq!(ttl.shadow_hit_tokens, 0, "no shadow counts under ttl");
+    assert_eq!(shadow.pins, 0, "shadow mode pins nothing");
+    (ttl_cached, shadow)
+}
+
+fn fillers(seed: u64) -> Vec<Op> {
+    (0..3)
+        .flat_map(|i| [Op::Wait(100), Op::Turns(vec![(None, seed + i, 60)])])
+        .collect()
+}
+
+#[test]
+fn shadow_predicts_the_pinned_hit_that_lru_loses_under_pressure() {
+    let mut ops = vec![Op::Turns(vec![(Some("a"), 1, 60)])];
+    ops.extend(fillers(10));
+    ops.push(Op::Turns(vec![(Some("a"), 2, 8)]));
+    let (ttl_cached, shadow) = ttl_and_shadow(40, 0.5, &ops);
+    let (lru_cached, _) = play(KvRetention::Lru, false, 40, 0.5, &ops);
+    assert!(
+        ttl_cached >= 60 && lru_cached < 16,
+        "{ttl_cached} {lru_cached}"
+    );
+    assert_eq!(shadow.shadow_hit_tokens, ttl_cached);
+    assert_eq!(shadow.shadow_hits, 1);
+    assert_eq!(shadow.shadow_prompt_tokens, 60 + 60 + 4 + 8);
+}
+
+#[test]
+fn shadow_applies_the_pin_cap_dropping_the_soonest_to_expire() {
+    // Both programs' KV (15 blocks each) cannot be pinned under the cap (20 of 40 blocks):
+    // b's pin displaces a's, which expires sooner; fillers then evict a's KV.
+    let mut ops = vec![
+        Op::Turns(vec![(Some("a"), 1, 60)]),
+        Op::Wait(100),
+        Op::Turns(vec![(Some("b"), 2, 60)]),
+    ];
+    ops.extend(fillers(10));
+    ops.push(Op::Turns(vec![(Some("a"), 3, 8), (Some("b"), 4, 8)]));
+    let (ttl_cached, shadow) = ttl_and_shadow(40, 0.5, &ops);
+    assert!((60..120).contains(&ttl_cached), "only b kept: {ttl_cached}");
+    assert_eq!(shadow.shadow_hit_tokens, ttl_cached);
+    // b displaced a; after the returns the second finisher displaces the first again.
+    assert_eq!((shadow.shadow_pins, shadow.shadow_dropped), (4, 2));
+}
+
+#[test]
+fn shadow_drops_virtual_pins_that_running_work_would_reclaim() {
+    // a's 25 pinned blocks and a 30-block request cannot share a 32-block pool.
+    let ops = [
+        Op::Turns(vec![(Some("a"), 1, 100)]),
+        Op::Turns(vec![(None, 2, 110)]),
+        Op::Turns(vec![(Some("a"), 3, 8)]),
+    ];
+    let (ttl_cached, shadow) = ttl_and_shadow(32, 1.0, &ops);
+    assert!(ttl_cached < 100, "ttl lost the pin: {ttl_cached}");
+    assert_eq!(shadow.shadow_hit_tokens, ttl_cached);
+    assert_eq!((shadow.shadow_dropped, shadow.shadow_hits), (1, 0));
+}
+
+#[test]
+fn shadow_counts_no_pinned_hit_after_the_ttl() {
+    let mut ops = vec![Op::Turns(vec![(Some("a"), 1, 60)]), Op::Wait(1_500)];
+    ops.extend(fillers(10));
+    ops.push(Op::Turns(vec![(Some("a"), 2, 8)]));
+    let (ttl_cached, shadow) = ttl_and_shadow(40, 0.5, &ops);
+    assert!(ttl_cached < 16, "{ttl_cached}");
+    assert_eq!(shadow.shadow_hit_tokens, ttl_cached);
+    assert_eq!(shadow.shadow_hits, 0);
+}
+
+#[test]
+fn a_pin_taken_at_low_pressure_is_cut_when_pressure_makes_its_ttl_zero() {
+    let mut c = cfg(64, KvRetention::Ttl, 0.5);
+    // Gaps of 10 s: worth pinning on an idle pool (TTL 10 s), not at pressure above 0.5.
+    c.retention.predictor.prior_gaps_s = vec![10.0];
+    let (mut e, clock) = engine(c);
+    run(&mut e, vec![turn(prompt(15, 30), Some("a"), 2)]);
+    assert_eq!(pinned(&e), 7);
+    clock.advance(Duration::from_secs(1));
+    e.step();
+    assert_eq!(pinned(&e), 7, "still worth it on an idle pool");
+    // A 40-block request arrives: running work and the pin now need most of the pool.
+    let big = turn(prompt(16, 160), None, 4);
+    run(&mut e, vec![big]);
+    let r = e.stats().retention;
+    assert_eq!(
+        (r.expired, r.reclaimed),
+        (1, 0),
+        "cut at its TTL, not reclaimed"
+    );
+    assert_eq!(pinned(&e), 0);
+}

@@ -43,3 +43,9 @@ fn summary_splits_reprefill_by_the_tool_mode_before_the_turn() {
     assert!((r.hit_rate - 100.0 / 600.0).abs() < 1e-12);
     assert_eq!(r.to_json()["programs"][1]["reprefill_tokens"][1], 150);
 }
+
+#[test]
+fn shadow_rate_is_hit_over_prompt_tokens_and_zero_without_turns() {
+    assert_eq!(shadow_rate(300.0, 400.0), 0.75);
+    assert_eq!(shadow_rate(0.0, 0.0), 0.0);
+}

@@ -116,3 +116,36 @@ fn programs_are_closed_loops_whose_turns_wait_for_the_tool() {
     }
     assert!(r.mean_jct_s > 4.0);
 }
+
+#[test]
+fn shadow_mode_predicts_ttl_hits_within_ten_percent_under_pressure() {
+    // The pressure scenario above: lru thrashes, ttl keeps short-tool programs.
+    let t = trace(8, 8, 100, 0.3, 20.0);
+    let ttl = replay(&t, &cfg(KvRetention::Ttl, 4096)).unwrap();
+    let shadow = replay(
+        &t,
+        &ReplayConfig {
+            shadow: true,
+            ..cfg(KvRetention::Lru, 4096)
+        },
+    )
+    .unwrap();
+    let lru = replay(&t, &cfg(KvRetention::Lru, 4096)).unwrap();
+    assert_eq!(shadow.policy, "shadow");
+    assert_eq!(
+        shadow.cached_tokens, lru.cached_tokens,
+        "shadow changes nothing"
+    );
+    let predicted = shadow.retention.shadow_hit_tokens as f64;
+    let delivered = ttl.cached_tokens as f64;
+    assert!(
+        predicted > lru.cached_tokens as f64,
+        "predicts a gain: {predicted} vs lru {}",
+        lru.cached_tokens
+    );
+    assert!(
+        (predicted - delivered).abs() <= 0.1 * delivered,
+        "predicted {predicted}, ttl delivered {delivered}"
+    );
+    assert_eq!(shadow.retention.shadow_prompt_tokens, shadow.prompt_tokens);
+}
