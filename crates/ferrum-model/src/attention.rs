@@ -78,7 +78,8 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 }
 
 /// Computes `out[r] = softmax(q[r] . K^T * scale) . V` for the `n_rep` query heads in `q`
-/// (each `head_dim` long).
+/// (each `head_dim` long) with the portable body: the path [`attend_run`] takes when the
+/// paged AVX2 path does not apply.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_group(
     k: &Kernels,
@@ -90,13 +91,6 @@ pub(crate) fn attend_group(
     s: &mut AttnScratch,
     out: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if f16c_ok() && paged_avx2::supports(t.kv.shape().head_dim) {
-        // SAFETY: AVX2, FMA and F16C were detected at run time; the slices are sized by the
-        // caller as for the portable body.
-        unsafe { paged_avx2::attend_group(k, t, q, n_rep, scale, arith, s, out) };
-        return;
-    }
     #[cfg(target_arch = "x86_64")]
     if fma_ok() {
         // SAFETY: AVX2 and FMA were detected at run time.

@@ -117,28 +117,8 @@ pub(crate) unsafe fn gather(t: &AttnTarget<'_>, s: &mut AttnScratch) {
     gather_kv(t, &mut s.kf, &mut s.vf);
 }
 
-/// Same contract and result bits as [`super::attend_group`], for heads [`supports`] accepts.
-///
-/// Safety: AVX2 + FMA + F16C; `q.len() >= n_rep * hd`, `out.len() >= n_rep * hd`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn attend_group(
-    k: &Kernels,
-    t: &AttnTarget<'_>,
-    q: &[f32],
-    n_rep: usize,
-    scale: f32,
-    arith: Arith,
-    s: &mut AttnScratch,
-    out: &mut [f32],
-) {
-    gather(t, s);
-    let hd = t.kv.shape().head_dim;
-    attend_gathered(k, hd, q, n_rep, scale, arith, t.n_ctx, s, out);
-}
-
 /// Attention of `n_rep` query heads over the first `n_ctx` positions already converted by
-/// [`gather`] (with at least `n_ctx` positions).
+/// [`gather`] (with at least `n_ctx` positions): the result bits of [`super::attend_group`].
 ///
 /// Safety: AVX2 + FMA + F16C; `q.len() >= n_rep * hd`, `out.len() >= n_rep * hd`.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -287,7 +267,12 @@ mod tests {
                     );
                     // Dirty scratch on purpose: the fast path must not depend on its contents.
                     // SAFETY: features checked above; slices sized n_rep * hd.
-                    unsafe { attend_group(kernels, &t, &q, n_rep, 0.125, arith, &mut s, &mut got) };
+                    unsafe {
+                        gather(&t, &mut s);
+                        attend_gathered(
+                            kernels, hd, &q, n_rep, 0.125, arith, n_ctx, &mut s, &mut got,
+                        );
+                    }
                     assert_eq!(
                         got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                         want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
