@@ -68,10 +68,13 @@ fn agents_are_traced_and_replay_agrees_with_the_live_hit_rate() {
 
     let text = std::fs::read_to_string(&path).unwrap();
     let _ = std::fs::remove_file(&path);
-    let turns = parse_trace(&text).unwrap();
-    assert_eq!(turns.len(), 9);
-    let progs = programs(turns);
+    let trace = parse_trace(&text).unwrap();
+    assert_eq!(trace.turns.len(), 9);
+    // Each agent ended its program after its last turn, and the trace says so.
+    assert_eq!(trace.ends.len(), 3);
+    let progs = programs(trace);
     assert_eq!(progs.len(), 3);
+    assert!(progs.iter().all(|p| p.end_after_s.is_some()));
     for p in &progs {
         let plan = plans.iter().find(|x| x.id == p.id).unwrap();
         assert_eq!(p.turns[0].tool.as_deref(), Some(plan.calls[0].tool));

@@ -31,7 +31,8 @@ pub struct ReplayArgs {
     /// Most of the pool (0..=1) pinned at once.
     #[arg(long, default_value_t = 0.5)]
     max_pinned_fraction: f64,
-    /// Cost model: prompt tokens computed per second.
+    /// Cost model: prompt tokens computed per second (default: fitted to the trace, its
+    /// prefilled tokens over the live server's busy time; else the idle 2-thread speed).
     #[arg(long)]
     prefill_tps: Option<f64>,
     /// Cost model: milliseconds of a decoding step.
@@ -78,11 +79,30 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         .with_context(|| format!("reading {}", a.trace.display()))?;
     let progs = programs(parse_trace(&text)?);
     let d = CostModel::default();
-    let cost = CostModel {
-        prefill_tps: a.prefill_tps.unwrap_or(d.prefill_tps),
+    let mut cost = CostModel {
         decode_step_s: a.decode_step_ms.map_or(d.decode_step_s, |m| m / 1e3),
         decode_seq_s: a.decode_seq_ms.map_or(d.decode_seq_s, |m| m / 1e3),
+        ..d
     };
+    let how = match a.prefill_tps {
+        Some(tps) => {
+            cost.prefill_tps = tps;
+            "given"
+        }
+        None => match cost.fitted_to(&progs) {
+            Some(fit) => {
+                cost = fit;
+                "fitted to the trace"
+            }
+            None => "default",
+        },
+    };
+    eprintln!(
+        "cost model: prefill {:.1} tok/s ({how}), decode step {:.1} ms + {:.1} ms per sequence",
+        cost.prefill_tps,
+        cost.decode_step_s * 1e3,
+        cost.decode_seq_s * 1e3
+    );
     let mut out = serde_json::Map::new();
     for name in &a.policy {
         let (policy, shadow) = match name.as_str() {
@@ -101,7 +121,9 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         };
         let r = replay(&progs, &cfg)?;
         if a.json {
-            out.insert(r.policy.clone(), to_json(&r));
+            let mut j = to_json(&r);
+            j["prefill_tps"] = serde_json::json!(cost.prefill_tps);
+            out.insert(r.policy.clone(), j);
         } else {
             println!(
                 "{:<8} hit rate {:5.1}% (trace {:5.1}%)  re-prefilled {:>8} tokens  pinned {:>9.1} block-s  mean JCT {:7.2} s (trace {:7.2} s)  mean TTFT {:.3} s",

@@ -22,6 +22,10 @@
 //! arrival minus the previous turn's finish (absent on a program's first turn);
 //! `first_token_s` is absent when no token was generated. Only the first choice of a request
 //! is traced (an agent turn is one choice).
+//!
+//! A program ended with `DELETE /v1/programs/{id}` gets one more line,
+//! `{"program":"agent-3","ended_s":14.02}`, so a replay releases its KV when the live server
+//! did instead of holding it to the TTL.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -259,10 +263,20 @@ impl ProgramTelemetry {
         }
     }
 
-    /// Forgets `program` (it was ended with `DELETE /v1/programs/{id}`).
+    /// Forgets `program` (it was ended with `DELETE /v1/programs/{id}`) and, if it had
+    /// turns, traces its end.
     pub fn forget(&self, program: &str) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.programs.remove(program);
+        let known = match self.inner.lock() {
+            Ok(mut inner) => inner.programs.remove(program).is_some(),
+            Err(_) => false,
+        };
+        let sink = self.sink.lock().ok().and_then(|s| s.clone());
+        if let (true, Some(sink)) = (known, sink) {
+            let v = serde_json::json!({
+                "program": program,
+                "ended_s": secs(self.epoch, Instant::now()),
+            });
+            sink.write_line(&v.to_string());
         }
     }
 }
@@ -298,6 +312,9 @@ mod tests {
         // a returns 300 ms after its first turn ended; b 20 s after.
         t.record(&turn("a", None, t0 + ms(400), t0 + ms(500)));
         t.record(&turn("b", None, t0 + ms(20_200), t0 + ms(20_300)));
+        // Ending a known program is traced; an unknown one is not.
+        t.forget("a");
+        t.forget("never-seen");
         let mut m = String::new();
         t.render(&mut m);
         assert!(m.contains("ferrum_program_turns_total 4"), "{m}");
@@ -312,7 +329,10 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 4);
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[4]["program"], "a");
+        assert!(lines[4]["ended_s"].as_f64().unwrap() >= 0.0);
+        assert!(lines[4].get("turn").is_none());
         assert_eq!(lines[0]["turn"], 0);
         assert!(lines[0].get("gap_s").is_none());
         assert_eq!(lines[2]["program"], "a");

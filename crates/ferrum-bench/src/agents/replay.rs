@@ -13,6 +13,8 @@
 //! finish sooner. Turn `k`'s prompt is turn `k - 1`'s prompt and generated tokens (the
 //! history, as the agent resends it) padded with fresh tokens (the tool result) to the
 //! recorded prompt length, so prefix-cache hits depend only on what the cache still holds.
+//! A program the trace shows ended (`DELETE /v1/programs/{id}`) is released the same time
+//! after its simulated last finish, so its pin does not outlive it as it did not live.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +53,48 @@ impl Default for CostModel {
 }
 
 impl CostModel {
+    /// This model with the prefill speed the trace itself shows, if it shows one: the live
+    /// engine works whenever a turn is in the system, so the union of the turns' [arrival,
+    /// finish] intervals is its busy time, and what the decode steps of the generated
+    /// tokens (at most one step each) do not explain of it went to the tokens it prefilled
+    /// (prompt minus cached). A trace from a loaded or slower machine thus replays at its
+    /// own speed instead of the idle default.
+    pub fn fitted_to(&self, programs: &[TraceProgram]) -> Option<CostModel> {
+        let mut spans: Vec<(f64, f64)> = programs
+            .iter()
+            .flat_map(|p| &p.turns)
+            .map(|t| (t.arrival_s, t.finish_s.max(t.arrival_s)))
+            .collect();
+        spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut busy = 0.0;
+        let mut open: Option<(f64, f64)> = None;
+        for (a, b) in spans {
+            open = match open {
+                Some((s, e)) if a <= e => Some((s, e.max(b))),
+                Some((s, e)) => {
+                    busy += e - s;
+                    Some((a, b))
+                }
+                None => Some((a, b)),
+            };
+        }
+        busy += open.map_or(0.0, |(s, e)| e - s);
+        let turns = programs.iter().flat_map(|p| &p.turns);
+        let prefilled: usize = turns
+            .clone()
+            .map(|t| t.prompt_tokens.saturating_sub(t.cached_tokens))
+            .sum();
+        let generated: usize = turns.map(|t| t.output_tokens).sum();
+        let decode = generated as f64 * (self.decode_step_s + self.decode_seq_s);
+        // Decode cannot explain more than 90% of the busy time, so a trace whose
+        // decode estimate overshoots still gives a finite speed.
+        let prefill_s = (busy - decode).max(0.1 * busy);
+        (prefilled > 0 && prefill_s > 0.0).then(|| CostModel {
+            prefill_tps: prefilled as f64 / prefill_s,
+            ..*self
+        })
+    }
+
     /// Seconds one step takes.
     pub fn step_s(&self, prefill_tokens: u64, decode_seqs: u64) -> f64 {
         let prefill = prefill_tokens as f64 / self.prefill_tps.max(1e-9);
@@ -163,6 +207,8 @@ struct ProgState {
     history: Vec<u32>,
     rng: SplitMix64,
     turns: Vec<SimTurn>,
+    /// When to end the program (release its KV), once its last turn has finished.
+    release_at: Option<f64>,
 }
 
 /// A submitted turn: program index, arrival, first token time, prompt, generated tokens.
@@ -221,12 +267,20 @@ pub fn replay(programs: &[TraceProgram], cfg: &ReplayConfig) -> Result<ReplayRep
             history: Vec::new(),
             rng: SplitMix64::new(cfg.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             turns: Vec::new(),
+            release_at: None,
         })
         .collect();
     let mut inflight: HashMap<RequestId, InFlight> = HashMap::new();
     let mut now = 0.0f64;
     let mut idle_steps = 0u32;
     loop {
+        // End the programs due, as their agents did with DELETE.
+        for (s, p) in states.iter_mut().zip(programs) {
+            if s.release_at.is_some_and(|t| t <= now) {
+                s.release_at = None;
+                engine.release_program(&p.id);
+            }
+        }
         // Submit every turn due by now, oldest first.
         let mut due: Vec<(f64, usize)> = states
             .iter()
@@ -257,7 +311,8 @@ pub fn replay(programs: &[TraceProgram], cfg: &ReplayConfig) -> Result<ReplayRep
         if !engine.has_work() {
             let next = states
                 .iter()
-                .filter_map(|s| s.next_arrival)
+                .flat_map(|s| [s.next_arrival, s.release_at])
+                .flatten()
                 .fold(f64::INFINITY, f64::min);
             if !next.is_finite() {
                 break;
@@ -323,6 +378,8 @@ pub fn replay(programs: &[TraceProgram], cfg: &ReplayConfig) -> Result<ReplayRep
                         let prev = &p.turns[s.next_turn - 1];
                         let gap = t.gap_s.unwrap_or(t.arrival_s - prev.finish_s).max(0.0);
                         s.next_arrival = Some(now + gap);
+                    } else if let Some(after) = p.end_after_s {
+                        s.release_at = Some(now + after);
                     }
                 }
             }

@@ -40,6 +40,24 @@ pub struct TraceTurn {
     pub gap_s: Option<f64>,
 }
 
+/// A program ended with `DELETE /v1/programs/{id}` (a trace line with `ended_s`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TraceEnd {
+    /// Program id.
+    pub program: String,
+    /// When it was ended, seconds since the server started.
+    pub ended_s: f64,
+}
+
+/// A parsed trace: the finished turns and the program ends, in file order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Trace {
+    /// Finished turns.
+    pub turns: Vec<TraceTurn>,
+    /// Programs ended explicitly.
+    pub ends: Vec<TraceEnd>,
+}
+
 /// A program's turns in order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceProgram {
@@ -47,18 +65,31 @@ pub struct TraceProgram {
     pub id: String,
     /// Turns sorted by turn index (then arrival).
     pub turns: Vec<TraceTurn>,
+    /// Seconds from the last turn's finish to the program's explicit end, if it was ended
+    /// after its last turn (a replay then releases its KV that long after the simulated
+    /// finish; otherwise pins run to their TTL, as for an agent that never came back).
+    pub end_after_s: Option<f64>,
 }
 
 /// Parses a JSONL trace; blank lines are skipped, a malformed line is an error naming it.
-pub fn parse_trace(text: &str) -> Result<Vec<TraceTurn>> {
-    let mut out = Vec::new();
+pub fn parse_trace(text: &str) -> Result<Trace> {
+    let mut out = Trace::default();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let t: TraceTurn = serde_json::from_str(line)
-            .map_err(|e| BenchError::Dataset(format!("trace line {}: {e}", i + 1)))?;
+        let bad = |e: String| BenchError::Dataset(format!("trace line {}: {e}", i + 1));
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        if v.get("ended_s").is_some() {
+            let end: TraceEnd = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+            if !end.ended_s.is_finite() || end.ended_s < 0.0 {
+                return Err(bad("times must be finite and >= 0".into()));
+            }
+            out.ends.push(end);
+            continue;
+        }
+        let t: TraceTurn = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
         let times = [
             Some(t.arrival_s),
             t.first_token_s,
@@ -66,20 +97,18 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceTurn>> {
             t.gap_s,
         ];
         if times.iter().flatten().any(|x| !x.is_finite() || *x < 0.0) {
-            return Err(BenchError::Dataset(format!(
-                "trace line {}: times must be finite and >= 0",
-                i + 1
-            )));
+            return Err(bad("times must be finite and >= 0".into()));
         }
-        out.push(t);
+        out.turns.push(t);
     }
     Ok(out)
 }
 
-/// Groups turns by program (programs ordered by first arrival).
-pub fn programs(turns: Vec<TraceTurn>) -> Vec<TraceProgram> {
+/// Groups turns by program (programs ordered by first arrival) and attaches each program's
+/// end when it came after its last turn.
+pub fn programs(trace: Trace) -> Vec<TraceProgram> {
     let mut by: BTreeMap<String, Vec<TraceTurn>> = BTreeMap::new();
-    for t in turns {
+    for t in trace.turns {
         by.entry(t.program.clone()).or_default().push(t);
     }
     let mut out: Vec<TraceProgram> = by
@@ -90,7 +119,18 @@ pub fn programs(turns: Vec<TraceTurn>) -> Vec<TraceProgram> {
                     .cmp(&b.turn)
                     .then(a.arrival_s.total_cmp(&b.arrival_s))
             });
-            TraceProgram { id, turns }
+            let last_finish = turns.iter().map(|t| t.finish_s).fold(0.0, f64::max);
+            let end_after_s = trace
+                .ends
+                .iter()
+                .filter(|e| e.program == id && e.ended_s >= last_finish)
+                .map(|e| e.ended_s - last_finish)
+                .reduce(f64::min);
+            TraceProgram {
+                id,
+                turns,
+                end_after_s,
+            }
         })
         .collect();
     out.sort_by(|a, b| a.turns[0].arrival_s.total_cmp(&b.turns[0].arrival_s));
@@ -107,15 +147,22 @@ mod tests {
 {"program":"b","turn":0,"tool":"tests","prev_tool":null,"arrival_s":0.5,"finish_s":1.0,"prompt_tokens":50,"cached_tokens":0,"output_tokens":8,"finish_reason":"length"}
 {"program":"a","turn":1,"tool":null,"prev_tool":"grep","arrival_s":1.4,"first_token_s":1.5,"finish_s":2.0,"prompt_tokens":90,"cached_tokens":48,"output_tokens":8,"gap_s":0.4,"finish_reason":"length"}
 {"program":"a","turn":0,"tool":"grep","arrival_s":0.0,"first_token_s":0.2,"finish_s":1.0,"prompt_tokens":40,"output_tokens":8}
+{"program":"a","ended_s":2.5}
+{"program":"b","ended_s":0.7}
 "#;
-        let turns = parse_trace(text).unwrap();
-        assert_eq!(turns.len(), 3);
-        let p = programs(turns);
+        let trace = parse_trace(text).unwrap();
+        assert_eq!(trace.turns.len(), 3);
+        assert_eq!(trace.ends.len(), 2);
+        let p = programs(trace);
         assert_eq!(p[0].id, "a");
         assert_eq!(p[0].turns[0].tool.as_deref(), Some("grep"));
         assert_eq!(p[0].turns[1].gap_s, Some(0.4));
         assert_eq!(p[0].turns[1].cached_tokens, 48);
         assert_eq!(p[1].id, "b");
+        // a ended 0.5 s after its last turn; b's end came before its turn finished (a
+        // program id reused after DELETE), so it is not b's end.
+        assert!((p[0].end_after_s.unwrap() - 0.5).abs() < 1e-9);
+        assert_eq!(p[1].end_after_s, None);
     }
 
     #[test]
@@ -125,5 +172,7 @@ mod tests {
         let bad =
             r#"{"program":"a","arrival_s":-1,"finish_s":1,"prompt_tokens":1,"output_tokens":1}"#;
         assert!(parse_trace(bad).is_err());
+        let e = parse_trace("\n{\"program\":\"a\",\"ended_s\":-2}\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
     }
 }

@@ -37,6 +37,7 @@ fn trace(agents: usize, turns: usize, grow: usize, short_s: f64, long_s: f64) ->
             TraceProgram {
                 id: format!("agent-{a}"),
                 turns,
+                end_after_s: None,
             }
         })
         .collect()
@@ -100,6 +101,28 @@ fn under_pressure_ttl_keeps_short_tool_programs_and_finishes_sooner() {
 }
 
 #[test]
+fn a_program_ended_in_the_trace_releases_its_pin_when_it_did_live() {
+    // Last turns name a long tool, so ttl would pin them for seconds unless ended.
+    let open = trace(4, 3, 64, 0.3, 20.0);
+    let mut ended = open.clone();
+    for p in &mut ended {
+        p.end_after_s = Some(0.05);
+    }
+    let kept = replay(&open, &cfg(KvRetention::Ttl, 16_384)).unwrap();
+    let released = replay(&ended, &cfg(KvRetention::Ttl, 16_384)).unwrap();
+    assert_eq!(kept.retention.released, 0);
+    assert_eq!(released.retention.released, 4, "{:?}", released.retention);
+    assert!(
+        released.pinned_block_seconds < kept.pinned_block_seconds,
+        "{} vs {}",
+        released.pinned_block_seconds,
+        kept.pinned_block_seconds
+    );
+    // Ending programs changes no turn's cache hits here (nothing else wanted the room).
+    assert_eq!(released.cached_tokens, kept.cached_tokens);
+}
+
+#[test]
 fn a_turn_larger_than_the_pool_is_an_error() {
     let t = trace(1, 2, 600, 0.5, 1.0);
     assert!(replay(&t, &cfg(KvRetention::Lru, 512)).is_err());
@@ -148,4 +171,47 @@ fn shadow_mode_predicts_ttl_hits_within_ten_percent_under_pressure() {
         "predicted {predicted}, ttl delivered {delivered}"
     );
     assert_eq!(shadow.retention.shadow_prompt_tokens, shadow.prompt_tokens);
+}
+
+#[test]
+fn the_prefill_speed_fitted_to_a_trace_is_its_prefilled_tokens_over_busy_time() {
+    let turn =
+        |program: &str, arrival_s: f64, finish_s: f64, prompt: usize, cached: usize| TraceTurn {
+            program: program.into(),
+            turn: 0,
+            tool: None,
+            prev_tool: None,
+            arrival_s,
+            first_token_s: None,
+            finish_s,
+            prompt_tokens: prompt,
+            cached_tokens: cached,
+            output_tokens: 10,
+            gap_s: None,
+        };
+    let prog = |id: &str, turns| TraceProgram {
+        id: id.into(),
+        turns,
+        end_after_s: None,
+    };
+    // Busy [0, 3] (two overlapping turns) and [5, 6]: 4 s; an idle gap of 2 s between.
+    let t = vec![
+        prog(
+            "a",
+            vec![turn("a", 0.0, 2.0, 300, 100), turn("a", 5.0, 6.0, 400, 300)],
+        ),
+        prog("b", vec![turn("b", 1.0, 3.0, 200, 0)]),
+    ];
+    let base = CostModel {
+        prefill_tps: 1.0,
+        decode_step_s: 0.01,
+        decode_seq_s: 0.0,
+    };
+    let fit = base.fitted_to(&t).unwrap();
+    // 500 tokens prefilled in 4 s less 30 decode steps of 10 ms.
+    assert!((fit.prefill_tps - 500.0 / 3.7).abs() < 1e-6, "{fit:?}");
+    assert_eq!(fit.decode_step_s, base.decode_step_s);
+    // Nothing prefilled: nothing to fit.
+    let cached = vec![prog("c", vec![turn("c", 0.0, 1.0, 100, 100)])];
+    assert_eq!(base.fitted_to(&cached), None);
 }
