@@ -7,6 +7,7 @@
 //! which is what makes logits agree with it. Every row is computed the same way whatever else
 //! is in the batch, so a request's tokens never depend on its batch-mates.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 mod config;
@@ -20,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::kv::KvCache;
 use crate::quant::{self, Kernels};
-use crate::threadpool::{split_range, ThreadPool};
+use crate::threadpool::{split_range, ThreadPool, WorkSplitter};
 
 /// A weight matrix in its quantized form, read in place from the mapped file.
 pub struct QMatrix {
@@ -257,6 +258,12 @@ const CALL_ROWS: usize = 1024;
 /// Most rows of one sequence whose attention shares one conversion of the context (bounds
 /// the work item, so threads stay balanced on a long prompt).
 const ATTN_RUN: usize = 32;
+/// Activation rows from which a matmul's weight rows are claimed dynamically
+/// ([`WorkSplitter`]) rather than split in fixed halves. This machine's two vCPUs run at
+/// different, changing speeds (25% apart at times), and at 16 rows the claims paid (batched
+/// decode +5% median of 4 A/B pairs); at one row, where the weights stream from memory, the
+/// claims cost more than they balanced.
+const DYNAMIC_SPLIT_COLS: usize = 8;
 /// Activation columns per matmul tile.
 const TILE_COLS: usize = 64;
 
@@ -605,42 +612,75 @@ fn quantize_rows<'a>(
     &buf[..rows * rb]
 }
 
-/// `out[c][r] = W[r] . act[c]` for `t` activation rows, split by weight rows across threads.
-/// Each thread hands the kernels up to [`CALL_ROWS`] rows and [`TILE_COLS`] columns per call
-/// (the kernels block for cache themselves), so per-call set-up such as widening activation
-/// scales is paid once per call, not once per register tile.
+/// `out[c][r] = W[r] . act[c]` for `t` activation rows, split by weight rows across threads
+/// (from [`DYNAMIC_SPLIT_COLS`] rows on, claimed from a [`WorkSplitter`], so a slower thread
+/// takes fewer weight rows). Each claim hands
+/// the kernels up to [`CALL_ROWS`] rows and [`TILE_COLS`] columns per call (the kernels block
+/// for cache themselves), so per-call set-up such as widening activation scales is paid once
+/// per call, not once per register tile.
 fn matmul(pool: &ThreadPool, k: &Kernels, w: &QMatrix, acts: &[u8], t: usize, out: &mut [f32]) {
     let a_rb = acts.len() / t.max(1);
     let outp = SharedOut(out.as_mut_ptr());
     let rows = w.rows;
-    pool.run(|tid, nt| {
-        let my = split_range(rows, tid, nt, TILE_ROWS);
-        let mut r0 = my.start;
-        while r0 < my.end {
-            let nr = CALL_ROWS.min(my.end - r0);
-            let wb = &w.bytes()[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
-            let mut c0 = 0;
-            while c0 < t {
-                let nc = TILE_COLS.min(t - c0);
-                // SAFETY: rows r0..r0+nr of every column belong to this thread alone, and
-                // `out` holds `t` columns of `rows` floats.
-                unsafe {
-                    k.matmul_tile_raw(
-                        w.dtype,
-                        w.cols,
-                        wb,
-                        nr,
-                        &acts[c0 * a_rb..(c0 + nc) * a_rb],
-                        nc,
-                        outp.ptr().add(c0 * rows + r0),
-                        rows,
-                    );
-                }
-                c0 += nc;
-            }
-            r0 += nr;
+    if t < DYNAMIC_SPLIT_COLS {
+        // A few rows stream the weights once (memory-bound): a fixed half each, no claims.
+        pool.run(|tid, nt| {
+            matmul_rows(
+                k,
+                w,
+                acts,
+                a_rb,
+                t,
+                split_range(rows, tid, nt, TILE_ROWS),
+                outp,
+            )
+        });
+        return;
+    }
+    let work = WorkSplitter::new(rows, TILE_ROWS, pool.n_threads());
+    pool.run(|_, _| {
+        while let Some(my) = work.claim() {
+            matmul_rows(k, w, acts, a_rb, t, my, outp);
         }
     });
+}
+
+/// Rows `my` of [`matmul`], every column.
+fn matmul_rows(
+    k: &Kernels,
+    w: &QMatrix,
+    acts: &[u8],
+    a_rb: usize,
+    t: usize,
+    my: std::ops::Range<usize>,
+    outp: SharedOut,
+) {
+    let rows = w.rows;
+    let mut r0 = my.start;
+    while r0 < my.end {
+        let nr = CALL_ROWS.min(my.end - r0);
+        let wb = &w.bytes()[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
+        let mut c0 = 0;
+        while c0 < t {
+            let nc = TILE_COLS.min(t - c0);
+            // SAFETY: rows r0..r0+nr of every column were claimed by this thread alone,
+            // and `out` holds `t` columns of `rows` floats.
+            unsafe {
+                k.matmul_tile_raw(
+                    w.dtype,
+                    w.cols,
+                    wb,
+                    nr,
+                    &acts[c0 * a_rb..(c0 + nc) * a_rb],
+                    nc,
+                    outp.ptr().add(c0 * rows + r0),
+                    rows,
+                );
+            }
+            c0 += nc;
+        }
+        r0 += nr;
+    }
 }
 
 /// Rotates adjacent pairs `(x[2i], x[2i+1])` of every head by `pos * base^(-2i/rope_dim)`,
@@ -687,10 +727,18 @@ fn attention(
     let items = runs.len() * c.n_kv_heads;
     let outp = SharedOut(out.as_mut_ptr());
     let row_len = c.n_heads * hd;
-    pool.run(|tid, nt| {
+    // One item per claim, last first: a prompt's later runs see the longest contexts, so the
+    // costliest items go out first and the cheap ones even out the end.
+    let next = AtomicUsize::new(0);
+    pool.run(|_, _| {
         ATTN.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            for item in (tid..items).step_by(nt) {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= items {
+                    break;
+                }
+                let item = items - 1 - k;
                 let (run, g) = (item / c.n_kv_heads, item % c.n_kv_heads);
                 let (first, rows) = (runs[run].0 as usize, runs[run].1 as usize);
                 let last = first + rows - 1;
