@@ -104,6 +104,87 @@ unsafe fn tree16_lanes(x: &[__m256; LANES]) -> __m256 {
     _mm256_add_ps(_mm256_add_ps(c[0], c[2]), _mm256_add_ps(c[1], c[3]))
 }
 
+/// Dot products of 4 consecutive K rows at `k` (row stride `hd`) with `q`, each bitwise
+/// [`simd::dot_gemm`] (`Prompt`) or [`simd::dot_vec`] (`Decode`): the per-row FMA chains are
+/// the same, and the four final reductions (`tree16`: hi + lo halves, then 4 -> 2 -> 1) run
+/// transposed, one instruction for all four rows per step, with each add's operands in the
+/// same order. One key per call spent more instructions reducing than multiplying.
+///
+/// Safety: AVX2 + FMA; `hd` a multiple of 64; `k` covers 4 rows, `q` one.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots4(k: *const f32, hd: usize, q: *const f32, arith: Arith) -> __m128 {
+    let z = _mm256_setzero_ps();
+    // b[j]: the 8 lanes whose `hsum8` is row j's dot.
+    let mut b = [z; 4];
+    match arith {
+        Arith::Prompt => {
+            // One 16-lane chain over the chunks of 16, per row.
+            let mut acc = [(z, z); 4];
+            for c in 0..hd / 16 {
+                let (q0, q1) = (
+                    _mm256_loadu_ps(q.add(16 * c)),
+                    _mm256_loadu_ps(q.add(16 * c + 8)),
+                );
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let kr = k.add(j * hd + 16 * c);
+                    a.0 = _mm256_fmadd_ps(_mm256_loadu_ps(kr), q0, a.0);
+                    a.1 = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(8)), q1, a.1);
+                }
+            }
+            for (bj, a) in b.iter_mut().zip(acc) {
+                *bj = _mm256_add_ps(a.1, a.0);
+            }
+        }
+        Arith::Decode => {
+            // Four 16-lane chains over steps of 64, folded (0 + 2) + (1 + 3), per row.
+            for (j, bj) in b.iter_mut().enumerate() {
+                let kr = k.add(j * hd);
+                let mut acc = [(z, z); 4];
+                for i in (0..hd).step_by(64) {
+                    for (a, acc) in acc.iter_mut().enumerate() {
+                        let o = i + 16 * a;
+                        acc.0 = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(kr.add(o)),
+                            _mm256_loadu_ps(q.add(o)),
+                            acc.0,
+                        );
+                        acc.1 = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(kr.add(o + 8)),
+                            _mm256_loadu_ps(q.add(o + 8)),
+                            acc.1,
+                        );
+                    }
+                }
+                let x0 = _mm256_add_ps(
+                    _mm256_add_ps(acc[0].0, acc[2].0),
+                    _mm256_add_ps(acc[1].0, acc[3].0),
+                );
+                let x1 = _mm256_add_ps(
+                    _mm256_add_ps(acc[0].1, acc[2].1),
+                    _mm256_add_ps(acc[1].1, acc[3].1),
+                );
+                *bj = _mm256_add_ps(x1, x0);
+            }
+        }
+    }
+    // hi128 + lo128 of rows (0, 1) and (2, 3): [c0 | c1], [c2 | c3].
+    let c01 = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x31>(b[0], b[1]),
+        _mm256_permute2f128_ps::<0x20>(b[0], b[1]),
+    );
+    let c23 = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x31>(b[2], b[3]),
+        _mm256_permute2f128_ps::<0x20>(b[2], b[3]),
+    );
+    // c[0] + c[2] and c[1] + c[3]: lanes [d0(0), d0(2), d1(0), d1(2) | d0(1), d0(3), d1(1), d1(3)].
+    let d = _mm256_add_ps(_mm256_unpacklo_ps(c01, c23), _mm256_unpackhi_ps(c01, c23));
+    // d0 + d1: lanes [r0, r2, _, _ | r1, r3, _, _].
+    let e = _mm256_add_ps(d, _mm256_permute_ps::<0b01_00_11_10>(d));
+    let r = _mm256_permutevar8x32_ps(e, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0));
+    _mm256_castps256_ps128(r)
+}
+
 /// Converts the first `t.n_ctx` positions of the target's K and V into the scratch, for any
 /// number of [`attend_gathered`] calls with contexts up to `t.n_ctx` (the rows of one prompt
 /// chunk share one conversion).
@@ -140,11 +221,18 @@ pub(crate) unsafe fn attend_gathered(
     round_f16(k, &mut s.q[..n_rep * hd], &mut s.bits);
     super::grow(&mut s.scores, n_rep * n_ctx);
 
-    // Scores, one query head at a time over the whole context.
+    // Scores, one query head at a time over the whole context, 4 keys per step.
+    let n4 = n_ctx / 4 * 4;
     for r in 0..n_rep {
+        let qp = s.q.as_ptr().add(r * hd);
+        let sp = s.scores.as_mut_ptr().add(r * n_ctx);
+        for j in (0..n4).step_by(4) {
+            let d = dots4(s.kf.as_ptr().add(j * hd), hd, qp, arith);
+            _mm_storeu_ps(sp.add(j), _mm_mul_ps(d, _mm_set1_ps(scale)));
+        }
         let qr = &s.q[r * hd..(r + 1) * hd];
         let sc = &mut s.scores[r * n_ctx..(r + 1) * n_ctx];
-        for (j, score) in sc.iter_mut().enumerate() {
+        for (j, score) in sc.iter_mut().enumerate().skip(n4) {
             let krow = &s.kf[j * hd..(j + 1) * hd];
             let dot = match arith {
                 Arith::Prompt => simd::dot_gemm(krow, qr),
@@ -223,6 +311,37 @@ mod tests {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+    }
+
+    #[test]
+    fn four_key_dots_are_bitwise_the_one_key_dots() {
+        if !ok() {
+            eprintln!("skipped: no AVX2+FMA+F16C here");
+            return;
+        }
+        let mut seed = 5u64;
+        for hd in [64usize, 128, 192] {
+            let k: Vec<f32> = (0..4 * hd).map(|_| noise(&mut seed)).collect();
+            let q: Vec<f32> = (0..hd).map(|_| noise(&mut seed) * 3.0).collect();
+            for arith in [Arith::Prompt, Arith::Decode] {
+                let mut got = [0f32; 4];
+                // SAFETY: features checked above; k holds 4 rows of hd, q one.
+                unsafe {
+                    _mm_storeu_ps(got.as_mut_ptr(), dots4(k.as_ptr(), hd, q.as_ptr(), arith));
+                }
+                for (j, g) in got.iter().enumerate() {
+                    let row = &k[j * hd..(j + 1) * hd];
+                    // SAFETY: as above.
+                    let want = unsafe {
+                        match arith {
+                            Arith::Prompt => simd::dot_gemm(row, &q),
+                            Arith::Decode => simd::dot_vec(row, &q),
+                        }
+                    };
+                    assert_eq!(g.to_bits(), want.to_bits(), "hd {hd} {arith:?} row {j}");
+                }
+            }
+        }
     }
 
     #[test]
