@@ -697,8 +697,12 @@ impl Scheduler {
             self.cfg.enable_prefix_cache,
             &mut s,
         );
+        let was_running = self.running.contains(&id);
         self.running.retain(|r| *r != id);
         self.waiting.retain(|r| *r != id);
+        if was_running {
+            self.retention.shadow_slot_opened();
+        }
         if let Some(p) = s.meta.program.as_deref() {
             let pressure = self.pressure();
             self.retention.on_finish(
