@@ -470,6 +470,12 @@ impl Scheduler {
         }
         let held = self.held_blocks();
         self.retention.shadow_reclaim(held, self.cfg.num_blocks);
+        // A slot `lru` left free (short of blocks) would admit a pinned turn under `ttl`.
+        for _ in self.running.len()..self.cfg.max_running {
+            if !self.retention.shadow_slot_opened() {
+                break;
+            }
+        }
         out
     }
 

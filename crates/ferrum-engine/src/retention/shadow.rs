@@ -135,10 +135,11 @@ impl Retention {
     /// it to the oldest waiting program whose KV is pinned ([`Retention::preferred`]), so
     /// that program's arrived virtual pin is settled: its turn counts as a pinned hit at its
     /// first admission, and the pin stops holding the virtual cap. Call it before the
-    /// finished turn's own (virtual) pin is taken.
-    pub fn shadow_slot_opened(&mut self) {
+    /// finished turn's own (virtual) pin is taken, and once per running slot left free
+    /// after a scheduling pass. Returns whether a pin was settled.
+    pub fn shadow_slot_opened(&mut self) -> bool {
         if !self.shadow_on() {
-            return;
+            return false;
         }
         let next = self
             .programs
@@ -147,12 +148,13 @@ impl Retention {
             .min_by_key(|(_, p)| p.first_arrival)
             .map(|(name, _)| name.clone());
         let Some(p) = next.and_then(|name| self.programs.get_mut(&name)) else {
-            return;
+            return false;
         };
         if let Some(v) = p.shadow.take() {
             self.shadow_blocks -= v.blocks;
             p.shadow_found = Some(v.tokens);
         }
+        true
     }
 
     /// Shadow mode: a turn of `program` is admitted for the first time with `hit` tokens
@@ -237,7 +239,10 @@ mod tests {
         let b = pinned_turn(&mut r, "b", 1, 6);
         r.on_arrive("b", 3);
         r.on_arrive("a", 4);
-        r.shadow_slot_opened(); // a is the older program: ttl admits it first
+        assert!(
+            r.shadow_slot_opened(),
+            "a is the older program: ttl admits it first"
+        );
         assert_eq!(r.shadow_pinned_blocks(), 6, "a settled, b still held");
         // c's 15 blocks displace b's waiting pin; a's settled hit is safe.
         pinned_turn(&mut r, "c", 2, 15);

@@ -146,13 +146,6 @@ fn shadow_mode_predicts_ttl_hits_within_ten_percent_under_pressure() {
     shadow_predicts_ttl_within_ten_percent(&trace(8, 8, 100, 0.3, 20.0), 4096, 64);
 }
 
-#[test]
-fn shadow_mode_predicts_ttl_hits_within_ten_percent_with_few_running_slots() {
-    // Two running slots: returning turns queue, under ttl pinned (their admission wait is
-    // what the virtual pin must model), under lru for much longer.
-    shadow_predicts_ttl_within_ten_percent(&trace(8, 6, 100, 0.3, 3.0), 2048, 2);
-}
-
 fn shadow_predicts_ttl_within_ten_percent(t: &[TraceProgram], pool: usize, max_running: usize) {
     let cfg = |policy| ReplayConfig {
         max_running,
