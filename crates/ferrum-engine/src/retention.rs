@@ -276,11 +276,12 @@ impl Retention {
                 self.counters.returns_unpinned += 1;
             }
         }
-        if let Some(v) = p.shadow.take() {
-            // Under `ttl` this turn would find its KV and be admitted first: it counts as
-            // a hit at its admission, and no longer holds the virtual cap.
-            self.shadow_blocks -= v.blocks;
-            p.shadow_found = Some(v.tokens);
+        if let Some(v) = p.shadow.as_mut() {
+            // Under `ttl` this turn would keep its pin, TTL lifted, until admitted ahead of
+            // other waiting turns at the next running-slot opening: the virtual pin holds
+            // the cap until then (see `shadow_slot_opened`).
+            v.expires = None;
+            v.arrived = true;
         }
     }
 

@@ -470,6 +470,12 @@ impl Scheduler {
         }
         let held = self.held_blocks();
         self.retention.shadow_reclaim(held, self.cfg.num_blocks);
+        // A slot `lru` left free (short of blocks) would admit a pinned turn under `ttl`.
+        for _ in self.running.len()..self.cfg.max_running {
+            if !self.retention.shadow_slot_opened() {
+                break;
+            }
+        }
         out
     }
 
@@ -697,8 +703,12 @@ impl Scheduler {
             self.cfg.enable_prefix_cache,
             &mut s,
         );
+        let was_running = self.running.contains(&id);
         self.running.retain(|r| *r != id);
         self.waiting.retain(|r| *r != id);
+        if was_running {
+            self.retention.shadow_slot_opened();
+        }
         if let Some(p) = s.meta.program.as_deref() {
             let pressure = self.pressure();
             self.retention.on_finish(

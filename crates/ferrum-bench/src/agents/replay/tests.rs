@@ -143,17 +143,24 @@ fn programs_are_closed_loops_whose_turns_wait_for_the_tool() {
 #[test]
 fn shadow_mode_predicts_ttl_hits_within_ten_percent_under_pressure() {
     // The pressure scenario above: lru thrashes, ttl keeps short-tool programs.
-    let t = trace(8, 8, 100, 0.3, 20.0);
-    let ttl = replay(&t, &cfg(KvRetention::Ttl, 4096)).unwrap();
+    shadow_predicts_ttl_within_ten_percent(&trace(8, 8, 100, 0.3, 20.0), 4096, 64);
+}
+
+fn shadow_predicts_ttl_within_ten_percent(t: &[TraceProgram], pool: usize, max_running: usize) {
+    let cfg = |policy| ReplayConfig {
+        max_running,
+        ..cfg(policy, pool)
+    };
+    let ttl = replay(t, &cfg(KvRetention::Ttl)).unwrap();
     let shadow = replay(
-        &t,
+        t,
         &ReplayConfig {
             shadow: true,
-            ..cfg(KvRetention::Lru, 4096)
+            ..cfg(KvRetention::Lru)
         },
     )
     .unwrap();
-    let lru = replay(&t, &cfg(KvRetention::Lru, 4096)).unwrap();
+    let lru = replay(t, &cfg(KvRetention::Lru)).unwrap();
     assert_eq!(shadow.policy, "shadow");
     assert_eq!(
         shadow.cached_tokens, lru.cached_tokens,
