@@ -614,10 +614,10 @@ fn quantize_rows<'a>(
 
 /// `out[c][r] = W[r] . act[c]` for `t` activation rows, split by weight rows across threads
 /// (from [`DYNAMIC_SPLIT_COLS`] rows on, claimed from a [`WorkSplitter`], so a slower thread
-/// takes fewer weight rows). Each claim hands
-/// the kernels up to [`CALL_ROWS`] rows and [`TILE_COLS`] columns per call (the kernels block
-/// for cache themselves), so per-call set-up such as widening activation scales is paid once
-/// per call, not once per register tile.
+/// takes fewer weight rows). Each share goes to the kernels up to [`CALL_ROWS`] rows and
+/// [`TILE_COLS`] columns per call (the kernels block for cache themselves), so per-call
+/// set-up such as widening activation scales is paid once per call, not once per register
+/// tile.
 fn matmul(pool: &ThreadPool, k: &Kernels, w: &QMatrix, acts: &[u8], t: usize, out: &mut [f32]) {
     let a_rb = acts.len() / t.max(1);
     let outp = SharedOut(out.as_mut_ptr());

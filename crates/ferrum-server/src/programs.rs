@@ -198,9 +198,14 @@ impl ProgramTelemetry {
             },
         );
         drop(inner);
+        self.trace(|| self.line(t, turn, prev_tool.as_deref(), gap));
+    }
+
+    /// Writes `line()` to the trace, if one is set (the line is built only then).
+    fn trace(&self, line: impl FnOnce() -> String) {
         let sink = self.sink.lock().ok().and_then(|s| s.clone());
         if let Some(sink) = sink {
-            sink.write_line(&self.line(t, turn, prev_tool.as_deref(), gap));
+            sink.write_line(&line());
         }
     }
 
@@ -270,13 +275,14 @@ impl ProgramTelemetry {
             Ok(mut inner) => inner.programs.remove(program).is_some(),
             Err(_) => false,
         };
-        let sink = self.sink.lock().ok().and_then(|s| s.clone());
-        if let (true, Some(sink)) = (known, sink) {
-            let v = serde_json::json!({
-                "program": program,
-                "ended_s": secs(self.epoch, Instant::now()),
+        if known {
+            self.trace(|| {
+                serde_json::json!({
+                    "program": program,
+                    "ended_s": secs(self.epoch, Instant::now()),
+                })
+                .to_string()
             });
-            sink.write_line(&v.to_string());
         }
     }
 }
