@@ -21,7 +21,6 @@
 pub mod agents;
 pub mod offline;
 pub mod repetitive;
-pub mod rng;
 pub mod serve;
 pub mod sharegpt;
 pub mod synthetic;
@@ -62,6 +61,9 @@ pub enum BenchError {
     /// The server under test could not be reached or answered unexpectedly.
     #[error("server: {0}")]
     Server(String),
+    /// A trace could not be read or replayed.
+    #[error(transparent)]
+    Replay(#[from] ferrum_engine::replay::ReplayError),
     /// Drawing the latency chart failed.
     #[error("plot: {0}")]
     Plot(String),
@@ -78,4 +80,5 @@ pub enum BenchError {
 /// Results of this crate.
 pub type Result<T> = std::result::Result<T, BenchError>;
 
+pub use ferrum_engine::rng;
 pub use offline::{run_offline, OfflineOptions, OfflineReport};

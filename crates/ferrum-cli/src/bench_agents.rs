@@ -199,6 +199,10 @@ pub fn run(a: AgentsArgs) -> Result<()> {
             v["pinned_block_seconds"] = med(|r| r.pinned_block_seconds).into();
             v["shadow_hit_tokens"] = med(|r| r.shadow_hit_tokens).into();
             v["shadow_predicted_hit_rate"] = med(|r| r.shadow_predicted_hit_rate).into();
+            v["shadow_sim_hit_tokens"] = med(|r| r.shadow_sim_hit_tokens).into();
+            v["shadow_sim_hit_rate"] = med(|r| r.shadow_sim_hit_rate).into();
+            v["shadow_sim_mean_jct_s"] = med(|r| r.shadow_sim_mean_jct_s).into();
+            v["shadow_sim_lru_hit_tokens"] = med(|r| r.shadow_sim_lru_hit_tokens).into();
             v["cached_tokens"] = med(|r| r.cached_tokens as f64).into();
             v["runs"] = reports.len().into();
             v["runs_mean_jct_s"] = reports
@@ -218,7 +222,7 @@ fn report_text(policy: &str, r: &LiveReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "== {policy}: mean JCT {:.2} s, mean TTFT {:.3} s, hit rate {:.1}% ({} cached tokens), re-prefilled {} tokens ({} after short tools, {} after long), pinned {:.1} block-s, shadow: {} hit tokens, predicted hit rate {:.1}%, {} errors, wall {:.1} s",
+        "== {policy}: mean JCT {:.2} s, mean TTFT {:.3} s, hit rate {:.1}% ({} cached tokens), re-prefilled {} tokens ({} after short tools, {} after long), pinned {:.1} block-s, shadow: {} hit tokens, predicted hit rate {:.1}%, simulated ttl {} hit tokens ({:.1}%, JCT {:.2} s; lru {}), {} errors, wall {:.1} s",
         r.mean_jct_s,
         r.mean_ttft_s,
         100.0 * r.hit_rate,
@@ -229,6 +233,10 @@ fn report_text(policy: &str, r: &LiveReport) -> String {
         r.pinned_block_seconds,
         r.shadow_hit_tokens,
         100.0 * r.shadow_predicted_hit_rate,
+        r.shadow_sim_hit_tokens,
+        100.0 * r.shadow_sim_hit_rate,
+        r.shadow_sim_mean_jct_s,
+        r.shadow_sim_lru_hit_tokens,
         r.errors,
         r.wall_s
     );

@@ -12,6 +12,7 @@ use ferrum_engine::{
 };
 use ferrum_model::gguf::GgufFile;
 use ferrum_model::llama::{LlamaModel, LlamaRunner};
+use ferrum_server::shadow_sim::ShadowSim;
 use ferrum_server::{BannerInfo, Model, ModelCodec, ServerConfig, Tenants};
 
 use crate::load::ModelArgs;
@@ -61,7 +62,8 @@ pub struct ServeArgs {
     /// Most of the KV pool (0..=1) agent programs may hold pinned.
     #[arg(long, default_value_t = 0.5)]
     max_pinned_fraction: f64,
-    /// With --kv-retention lru, log what ttl would have pinned and count its would-be hits.
+    /// With --kv-retention lru, predict what ttl would deliver: virtual pins, and the served
+    /// program turns replayed under ttl (`ferrum_retention_shadow_sim_*` on /metrics).
     #[arg(long)]
     kv_retention_shadow: bool,
     /// Tenants file (TOML): API keys per tenant, weights, limits, public prefixes; turns on
@@ -187,6 +189,7 @@ fn load(
         name,
         max_model_len: cfg.max_model_len,
         kv_capacity_tokens: cfg.num_blocks * cfg.block_size,
+        shadow_sim: ShadowSim::for_engine(&cfg),
         codec,
         engine: EngineHandle::spawn(engine),
     };

@@ -12,6 +12,8 @@
 //!   ([`EngineHandle`]) servers use.
 //! - [`spec`]: exact speculative decoding (drafters, verification, fallback).
 //! - [`llama_runner`]: the real model behind [`ModelRunner`] and KV-pool sizing.
+//! - [`replay`]: a recorded agent trace simulated on the real engine with a fake model and a
+//!   cost model (`ferrum replay`, and shadow mode's prediction in the server).
 //! - [`testing`]: a fake model whose outputs depend on the KV read back through block tables.
 //!
 //! The engine does no network IO and knows nothing of HTTP or JSON; the model runtime knows
@@ -47,8 +49,10 @@ pub mod llama_runner;
 pub mod policy;
 pub mod predictor;
 pub mod radix;
+pub mod replay;
 pub mod request;
 pub mod retention;
+pub mod rng;
 pub mod scheduler;
 pub mod spec;
 mod stream;

@@ -45,6 +45,7 @@ async fn main() -> std::io::Result<()> {
             codec: Arc::new(AsciiCodec),
             max_model_len,
             kv_capacity_tokens: kv,
+            shadow_sim: None,
         };
         Ok((model, info))
     })

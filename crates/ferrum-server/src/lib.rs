@@ -33,6 +33,7 @@
 //!         name: info.model.clone(),
 //!         max_model_len: cfg.max_model_len,
 //!         kv_capacity_tokens: cfg.num_blocks * cfg.block_size,
+//!         shadow_sim: None,
 //!         codec: codec.clone(),
 //!         engine: EngineHandle::spawn(
 //!             Engine::new(make_runner(), codec, cfg).map_err(|e| e.to_string())?,
@@ -57,6 +58,7 @@ pub mod openapi;
 mod params;
 pub mod programs;
 pub mod routes;
+pub mod shadow_sim;
 mod sse;
 pub mod state;
 pub mod tenants;

@@ -32,10 +32,13 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use ferrum_engine::replay::trace::{TraceEnd, TraceTurn};
+
 use crate::metrics::Histogram;
+use crate::shadow_sim::ShadowSim;
 
 /// Programs remembered at once; the least recently active beyond it are forgotten (so a
 /// flood of one-turn "programs" cannot grow memory without bound).
@@ -116,6 +119,7 @@ pub struct ProgramTelemetry {
     epoch: Instant,
     inner: Mutex<Inner>,
     sink: Mutex<Option<TraceSink>>,
+    shadow: OnceLock<Arc<ShadowSim>>,
 }
 
 impl Default for ProgramTelemetry {
@@ -124,6 +128,7 @@ impl Default for ProgramTelemetry {
             epoch: Instant::now(),
             inner: Mutex::new(Inner::default()),
             sink: Mutex::new(None),
+            shadow: OnceLock::new(),
         }
     }
 }
@@ -151,6 +156,17 @@ impl ProgramTelemetry {
         if let Ok(mut s) = self.sink.lock() {
             *s = sink;
         }
+    }
+
+    /// Shadow mode: keeps every turn and program end from now on for `sim` too, which
+    /// predicts `ttl` from them (see `shadow_sim`). Returns `false` if one was set already.
+    pub fn set_shadow_sim(&self, sim: Arc<ShadowSim>) -> bool {
+        self.shadow.set(sim).is_ok()
+    }
+
+    /// The shadow simulator, in shadow mode.
+    pub fn shadow_sim(&self) -> Option<&Arc<ShadowSim>> {
+        self.shadow.get()
     }
 
     /// Records a finished turn: updates the program's state and its gap histogram, and
@@ -198,44 +214,44 @@ impl ProgramTelemetry {
             },
         );
         drop(inner);
-        self.trace(|| self.line(t, turn, prev_tool.as_deref(), gap));
-    }
-
-    /// Writes `line()` to the trace, if one is set (the line is built only then).
-    fn trace(&self, line: impl FnOnce() -> String) {
+        let sim = self.shadow.get();
         let sink = self.sink.lock().ok().and_then(|s| s.clone());
+        if sim.is_none() && sink.is_none() {
+            return;
+        }
+        let rec = self.trace_turn(t, turn, prev_tool, gap);
         if let Some(sink) = sink {
-            sink.write_line(&line());
+            let mut v = serde_json::to_value(&rec).unwrap_or_default();
+            v["finish_reason"] = serde_json::json!(t.finish_reason);
+            sink.write_line(&v.to_string());
+        }
+        if let Some(sim) = sim {
+            sim.record_turn(rec);
         }
     }
 
-    fn line(
+    /// The trace record of a finished turn.
+    fn trace_turn(
         &self,
         t: &TurnRecord,
         turn: u64,
-        prev_tool: Option<&str>,
+        prev_tool: Option<String>,
         gap: Option<Duration>,
-    ) -> String {
+    ) -> TraceTurn {
         let e = self.epoch;
-        let mut v = serde_json::json!({
-            "program": t.program,
-            "turn": turn,
-            "tool": t.tool,
-            "prev_tool": prev_tool,
-            "arrival_s": secs(e, t.arrival),
-            "finish_s": secs(e, t.finish),
-            "prompt_tokens": t.prompt_tokens,
-            "cached_tokens": t.cached_tokens,
-            "output_tokens": t.output_tokens,
-            "finish_reason": t.finish_reason,
-        });
-        if let Some(ft) = t.first_token {
-            v["first_token_s"] = serde_json::json!(secs(e, ft));
+        TraceTurn {
+            program: t.program.clone(),
+            turn,
+            tool: t.tool.clone(),
+            prev_tool,
+            arrival_s: secs(e, t.arrival),
+            first_token_s: t.first_token.map(|ft| secs(e, ft)),
+            finish_s: secs(e, t.finish),
+            prompt_tokens: t.prompt_tokens,
+            cached_tokens: t.cached_tokens,
+            output_tokens: t.output_tokens,
+            gap_s: gap.map(|g| g.as_secs_f64()),
         }
-        if let Some(g) = gap {
-            v["gap_s"] = serde_json::json!(g.as_secs_f64());
-        }
-        v.to_string()
     }
 
     /// Appends the program series to a Prometheus exposition.
@@ -275,14 +291,19 @@ impl ProgramTelemetry {
             Ok(mut inner) => inner.programs.remove(program).is_some(),
             Err(_) => false,
         };
-        if known {
-            self.trace(|| {
-                serde_json::json!({
-                    "program": program,
-                    "ended_s": secs(self.epoch, Instant::now()),
-                })
-                .to_string()
-            });
+        if !known {
+            return;
+        }
+        let end = TraceEnd {
+            program: program.to_string(),
+            ended_s: secs(self.epoch, Instant::now()),
+        };
+        let sink = self.sink.lock().ok().and_then(|s| s.clone());
+        if let Some(sink) = sink {
+            sink.write_line(&serde_json::to_string(&end).unwrap_or_default());
+        }
+        if let Some(sim) = self.shadow.get() {
+            sim.record_end(end);
         }
     }
 }

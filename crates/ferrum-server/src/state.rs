@@ -59,6 +59,9 @@ pub struct Model {
     pub max_model_len: usize,
     /// KV-cache capacity in tokens, to keep default `max_tokens` within the pool.
     pub kv_capacity_tokens: usize,
+    /// Shadow mode (`--kv-retention lru --kv-retention-shadow`): the simulator that predicts
+    /// `ttl` on the program turns served, built for this engine's settings.
+    pub shadow_sim: Option<Arc<crate::shadow_sim::ShadowSim>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -141,6 +144,11 @@ impl Server {
 
     /// Installs the loaded model; returns `false` (and ignores `model`) if one already is.
     pub fn set_model(&self, model: Model) -> bool {
-        self.state.model.set(Arc::new(model)).is_ok()
+        let sim = model.shadow_sim.clone();
+        let set = self.state.model.set(Arc::new(model)).is_ok();
+        if let (true, Some(sim)) = (set, sim) {
+            self.state.metrics.programs.set_shadow_sim(sim);
+        }
+        set
     }
 }

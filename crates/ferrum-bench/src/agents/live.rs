@@ -93,6 +93,17 @@ pub struct LiveReport {
     /// Shadow mode: the predicted hit rate (`shadow_hit_tokens` over the program prompt
     /// tokens the server counted), to compare with `ttl`'s live `hit_rate`.
     pub shadow_predicted_hit_rate: f64,
+    /// Shadow mode: `ttl`'s cached prompt tokens with the server's recorded program turns
+    /// replayed under `ttl` (`ferrum_retention_shadow_sim_cached_tokens`), the prediction to
+    /// compare with `ttl`'s live `cached_tokens`.
+    pub shadow_sim_hit_tokens: f64,
+    /// Shadow mode: that replay's hit rate.
+    pub shadow_sim_hit_rate: f64,
+    /// Shadow mode: that replay's mean job completion time, to compare with `ttl`'s live one.
+    pub shadow_sim_mean_jct_s: f64,
+    /// Shadow mode: the same turns replayed under `lru`, to compare with this run's own
+    /// `cached_tokens` (how far the simulation is from the live server).
+    pub shadow_sim_lru_hit_tokens: f64,
     /// Every `ferrum_retention_*` and `ferrum_preemptions*` series of `/metrics`, as its
     /// change over the run (pins taken, expired, reclaimed; returns pinned or not).
     pub retention: Vec<(String, f64)>,
@@ -119,6 +130,10 @@ impl LiveReport {
             "pinned_block_seconds": self.pinned_block_seconds,
             "shadow_hit_tokens": self.shadow_hit_tokens,
             "shadow_predicted_hit_rate": self.shadow_predicted_hit_rate,
+            "shadow_sim_hit_tokens": self.shadow_sim_hit_tokens,
+            "shadow_sim_hit_rate": self.shadow_sim_hit_rate,
+            "shadow_sim_mean_jct_s": self.shadow_sim_mean_jct_s,
+            "shadow_sim_lru_hit_tokens": self.shadow_sim_lru_hit_tokens,
             "wall_s": self.wall_s,
             "retention": self.retention.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "errors": self.errors,
@@ -350,6 +365,15 @@ pub fn run_live(cfg: &LiveConfig, plans: &[AgentPlan]) -> Result<LiveReport> {
         r.shadow_hit_tokens,
         delta("ferrum_retention_shadow_prompt_tokens_total"),
     );
+    // Gauges over the server's recorded turns (absent unless the server is in shadow mode).
+    let sim = |policy: &str, k: &str| {
+        let key = format!("ferrum_retention_shadow_sim_{k}{{policy=\"{policy}\"}}");
+        after.get(&key).copied().unwrap_or(0.0)
+    };
+    r.shadow_sim_hit_tokens = sim("ttl", "cached_tokens");
+    r.shadow_sim_hit_rate = sim("ttl", "hit_rate");
+    r.shadow_sim_mean_jct_s = sim("ttl", "mean_jct_seconds");
+    r.shadow_sim_lru_hit_tokens = sim("lru", "cached_tokens");
     let mut keys: Vec<&String> = after
         .keys()
         .filter(|k| k.starts_with("ferrum_retention_") || k.starts_with("ferrum_preemptions"))

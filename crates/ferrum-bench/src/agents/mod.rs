@@ -6,11 +6,12 @@
 //! - [`live`]: runs the workload against a live OpenAI-compatible server, naming each turn's
 //!   program and tool (`X-Program-Id` / `X-Program-Tool`), and measures JCT, TTFT and
 //!   re-prefilled tokens (`ferrum bench agents`).
-//! - [`trace`]: the JSONL trace `ferrum serve --trace-out` writes.
-//! - [`replay`]: simulates a trace on the real engine with a fake model and a cost model
-//!   (`ferrum replay`).
+//! - [`trace`] and [`replay`]: the JSONL trace `ferrum serve --trace-out` writes, and its
+//!   simulation on the real engine with a fake model and a cost model (`ferrum replay`);
+//!   they live in the engine crate, whose server runs the same simulation in shadow mode.
 
 pub mod live;
-pub mod replay;
-pub mod trace;
 pub mod workload;
+
+pub use ferrum_engine::replay;
+pub use ferrum_engine::replay::trace;

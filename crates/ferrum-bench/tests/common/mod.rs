@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ferrum_engine::testing::FakeRunner;
 use ferrum_engine::{Engine, EngineConfig, EngineHandle};
+use ferrum_server::shadow_sim::ShadowSim;
 use ferrum_server::{serve, AsciiCodec, Model, Server, ServerConfig, ASCII_VOCAB};
 
 /// A running fake server; dropping it shuts the server down and joins its thread.
@@ -48,6 +49,7 @@ pub fn start_fake_server(engine_cfg: EngineConfig, server_cfg: ServerConfig) -> 
             let runner = FakeRunner::new(ASCII_VOCAB, engine_cfg.num_blocks, engine_cfg.block_size);
             let kv = engine_cfg.num_blocks * engine_cfg.block_size;
             let max_model_len = engine_cfg.max_model_len;
+            let shadow_sim = ShadowSim::for_engine(&engine_cfg);
             let engine = Engine::new(runner, Arc::new(AsciiCodec), engine_cfg).expect("engine");
             let server = Server::new(server_cfg);
             server.set_model(Model {
@@ -56,6 +58,7 @@ pub fn start_fake_server(engine_cfg: EngineConfig, server_cfg: ServerConfig) -> 
                 codec: Arc::new(AsciiCodec),
                 max_model_len,
                 kv_capacity_tokens: kv,
+                shadow_sim,
             });
             serve(listener, server, async {
                 let _ = stop_rx.await;

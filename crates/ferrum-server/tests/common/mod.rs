@@ -112,6 +112,7 @@ pub fn build_model(o: &Opts) -> (Model, EngineHandle) {
         codec: Arc::new(AsciiCodec),
         max_model_len: o.max_model_len,
         kv_capacity_tokens: kv,
+        shadow_sim: None,
     };
     (model, engine)
 }

@@ -1,5 +1,5 @@
+use super::trace::{TraceProgram, TraceTurn};
 use super::*;
-use crate::agents::trace::{TraceProgram, TraceTurn};
 
 /// `agents` programs of `turns` turns: each turn adds `grow` prompt tokens to the history;
 /// every third tool call (staggered by agent) is long (gap `long_s`), the others short

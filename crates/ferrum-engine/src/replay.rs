@@ -1,6 +1,7 @@
-//! `ferrum replay`: a recorded agent trace simulated against the real KV-cache machinery.
+//! A recorded agent-program trace simulated against the real KV-cache machinery: what
+//! `ferrum replay` prints, and what shadow mode predicts `ttl` would deliver.
 //!
-//! The simulation runs the real [`ferrum_engine::Engine`] (scheduler, block pool, radix
+//! The simulation runs the real [`Engine`] (scheduler, block pool, radix
 //! cache, retention policy and gap predictor) on [`FakeRunner`], which computes no model,
 //! under a manual [`Clock`]. Each engine step advances the clock by a cost model of the
 //! measured CPU speeds ([`CostModel`]): prefill tokens at `prefill_tps`, plus, when the step
@@ -20,14 +21,38 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrum_engine::testing::{FakeRunner, FakeText};
-use ferrum_engine::{
+use crate::rng::SplitMix64;
+use crate::testing::{FakeRunner, FakeText};
+use crate::{
     Clock, Engine, EngineConfig, Event, KvRetention, Request, RequestId, RetentionConfig,
+    SubmitError,
 };
 
-use super::trace::TraceProgram;
-use crate::rng::SplitMix64;
-use crate::{BenchError, Result};
+pub mod trace;
+
+use trace::TraceProgram;
+
+/// Why a trace could not be read or simulated.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// A trace line is not the documented JSON shape.
+    #[error("malformed trace: {0}")]
+    Trace(String),
+    /// The trace or the settings cannot be simulated (a turn larger than the pool, ...).
+    #[error("cannot replay: {0}")]
+    Invalid(String),
+    /// The engine refused a turn.
+    #[error("turn of program {index} was refused: {source}")]
+    Submit {
+        /// Index of the program in the trace.
+        index: usize,
+        /// The engine's reason.
+        source: SubmitError,
+    },
+}
+
+/// Result of reading or simulating a trace.
+pub type Result<T> = std::result::Result<T, ReplayError>;
 
 /// Step time of the simulated CPU.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -147,6 +172,24 @@ impl Default for ReplayConfig {
     }
 }
 
+impl ReplayConfig {
+    /// The simulation of an engine configured as `cfg` (pool, step budget, running cap, pin
+    /// cap), under `policy`: what shadow mode runs to predict `ttl` on the server's own
+    /// settings.
+    pub fn for_engine(cfg: &EngineConfig, policy: KvRetention) -> Self {
+        ReplayConfig {
+            policy,
+            shadow: false,
+            kv_cache_tokens: cfg.num_blocks * cfg.block_size,
+            block_size: cfg.block_size,
+            max_batched_tokens: cfg.max_batched_tokens,
+            max_running: cfg.max_running,
+            max_pinned_fraction: cfg.retention.max_pinned_fraction,
+            ..ReplayConfig::default()
+        }
+    }
+}
+
 /// One simulated turn.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct SimTurn {
@@ -194,7 +237,7 @@ pub struct ReplayReport {
     /// The trace's own mean program completion time.
     pub trace_mean_jct_s: f64,
     /// The retention module's counters at the end (pins, expiries, reclaims, returns).
-    pub retention: ferrum_engine::RetentionCounters,
+    pub retention: crate::RetentionCounters,
     /// Preemptions.
     pub preemptions: u64,
     /// Per program, its turns.
@@ -228,7 +271,7 @@ pub fn replay(programs: &[TraceProgram], cfg: &ReplayConfig) -> Result<ReplayRep
         .max()
         .unwrap_or(1);
     if longest.div_ceil(bs) > num_blocks {
-        return Err(BenchError::Invalid(format!(
+        return Err(ReplayError::Invalid(format!(
             "a turn needs {longest} tokens but the pool holds {}",
             num_blocks * bs
         )));
@@ -249,7 +292,7 @@ pub fn replay(programs: &[TraceProgram], cfg: &ReplayConfig) -> Result<ReplayRep
     };
     let runner = FakeRunner::new(VOCAB, num_blocks, bs);
     let mut engine = Engine::new(runner, Arc::new(FakeText::new(VOCAB)), ecfg)
-        .map_err(|e| BenchError::Invalid(e.to_string()))?;
+        .map_err(|e| ReplayError::Invalid(e.to_string()))?;
     let clock = Clock::manual();
     engine.set_clock(clock.clone());
 
@@ -302,7 +345,7 @@ pub fn replay(programs: &[TraceProgram], cfg: &ReplayConfig) -> Result<ReplayRep
             req.ignore_eos = true;
             req.program = Some(p.id.clone());
             req.tool = t.tool.clone();
-            let id = engine.submit(req).map_err(|e| BenchError::Submit {
+            let id = engine.submit(req).map_err(|e| ReplayError::Submit {
                 index: i,
                 source: e,
             })?;
@@ -330,7 +373,7 @@ pub fn replay(programs: &[TraceProgram], cfg: &ReplayConfig) -> Result<ReplayRep
         if step.tokens == 0 {
             idle_steps += 1;
             if idle_steps > 1_000_000 {
-                return Err(BenchError::Invalid(
+                return Err(ReplayError::Invalid(
                     "the simulation made no progress".into(),
                 ));
             }

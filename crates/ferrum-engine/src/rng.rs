@@ -1,5 +1,5 @@
-//! A tiny seeded generator (SplitMix64) so workloads are identical across runs and machines
-//! without pulling a random-number crate into the benchmark path.
+//! A tiny seeded generator (SplitMix64) so benchmark workloads and trace replays are identical
+//! across runs and machines without pulling a random-number crate into them.
 
 /// SplitMix64: fast, statistically fine for picking lengths and token ids.
 #[derive(Debug, Clone)]

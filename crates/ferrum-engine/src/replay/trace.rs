@@ -1,14 +1,14 @@
-//! Reading the agent-program trace `ferrum serve --trace-out` writes (one JSON object per
+//! The agent-program trace `ferrum serve --trace-out` writes (one JSON object per
 //! finished turn; the format is documented in `ferrum_server::programs` and docs/agents.md).
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::{BenchError, Result};
+use super::{ReplayError, Result};
 
 /// One finished turn of an agent program.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceTurn {
     /// Program id.
     pub program: String,
@@ -24,7 +24,7 @@ pub struct TraceTurn {
     /// Arrival, seconds since the server started.
     pub arrival_s: f64,
     /// First token, seconds since the server started.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_token_s: Option<f64>,
     /// Finish, seconds since the server started.
     pub finish_s: f64,
@@ -36,12 +36,12 @@ pub struct TraceTurn {
     /// Generated tokens.
     pub output_tokens: usize,
     /// Arrival minus the previous turn's finish (absent on a first turn).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap_s: Option<f64>,
 }
 
 /// A program ended with `DELETE /v1/programs/{id}` (a trace line with `ended_s`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceEnd {
     /// Program id.
     pub program: String,
@@ -79,7 +79,7 @@ pub fn parse_trace(text: &str) -> Result<Trace> {
         if line.is_empty() {
             continue;
         }
-        let bad = |e: String| BenchError::Dataset(format!("trace line {}: {e}", i + 1));
+        let bad = |e: String| ReplayError::Trace(format!("line {}: {e}", i + 1));
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         if v.get("ended_s").is_some() {
             let end: TraceEnd = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
