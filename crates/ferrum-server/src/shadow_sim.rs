@@ -71,7 +71,9 @@ struct Recorded {
     trace: Trace,
     /// Bumped on every record, so a scrape with nothing new reuses `last`.
     version: u64,
-    last: Option<(u64, Arc<ShadowPrediction>)>,
+    /// The last result and the version it was computed at (a failed simulation is kept as
+    /// `None`, so it is neither retried nor logged again until new turns arrive).
+    last: Option<(u64, Option<Arc<ShadowPrediction>>)>,
 }
 
 /// Recorded program turns and the cached prediction over them; see the module docs.
@@ -136,7 +138,7 @@ impl ShadowSim {
             let r = self.recorded.lock().ok()?;
             if let Some((v, p)) = &r.last {
                 if *v == r.version {
-                    return Some(Arc::clone(p));
+                    return p.clone();
                 }
             }
             (r.trace.clone(), r.version)
@@ -159,6 +161,9 @@ impl ShadowSim {
             (Ok(t), Ok(l)) => (t, l),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!("shadow simulation: {e}");
+                if let Ok(mut r) = self.recorded.lock() {
+                    r.last = Some((version, None));
+                }
                 return None;
             }
         };
@@ -180,7 +185,7 @@ impl ShadowSim {
             "shadow mode: ttl predicted on the recorded workload"
         );
         if let Ok(mut r) = self.recorded.lock() {
-            r.last = Some((version, Arc::clone(&p)));
+            r.last = Some((version, Some(Arc::clone(&p))));
         }
         Some(p)
     }
@@ -350,5 +355,7 @@ mod tests {
         let s = sim(64);
         record(&s, 1, 2, 100, 0.1, 0.1);
         assert!(s.predict().is_none());
+        let r = s.recorded.lock().unwrap();
+        assert_eq!(r.last, Some((r.version, None)), "the failure is remembered");
     }
 }
