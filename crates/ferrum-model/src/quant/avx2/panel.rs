@@ -135,22 +135,8 @@ pub(in crate::quant) unsafe fn matmul(
         // `d` then `s` (Q4_1) as `[block][lane]` for columns `8g..8g + 8`, zero past `ncols`.
         for g in 0..groups {
             let (pd, ps) = panel[g * per_group..(g + 1) * per_group].split_at_mut(LANES * nb);
-            for b in 0..nb {
-                for l in 0..LANES {
-                    let c = g * LANES + l;
-                    let (d, s) = if c < ncols {
-                        let p = a.add(c * as_ + b * fmt.a_block());
-                        match fmt {
-                            Fmt::Q4_1 => ld_f16x2(p),
-                            Fmt::Q8_0 => (ld_f16(p), 0.0),
-                        }
-                    } else {
-                        (0.0, 0.0)
-                    };
-                    pd[b * LANES + l] = d;
-                    ps[b * LANES + l] = s;
-                }
-            }
+            let cc = (ncols - g * LANES).min(LANES);
+            widen_group(fmt, nb, a.add(g * LANES * as_), as_, cc, pd, ps);
         }
         // Row tiles small enough to stay in L1 while every column group passes over them.
         let mut r0 = 0;
@@ -172,6 +158,54 @@ pub(in crate::quant) unsafe fn matmul(
             r0 = r1;
         }
     });
+}
+
+/// Widens the block scales of `cc` (<= 8) activation rows starting at `a` into one panel
+/// group: per block, one masked gather of the rows' leading 4 bytes (`d`, and `s` for Q8_1),
+/// then F16C, so `pd[b * 8 + l]` / `ps[b * 8 + l]` hold row `l`'s values (0 for `l >= cc`, and
+/// `ps` all 0 for Q8_0). The same conversions as `ld_f16x2` / `ld_f16`, so the same floats.
+///
+/// Safety: AVX2 + FMA + F16C; `a` covers `cc` rows of stride `as_` (`8 * as_` < 2^31), and
+/// `pd`, `ps` hold `8 * nb` floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_group(
+    fmt: Fmt,
+    nb: usize,
+    a: *const u8,
+    as_: usize,
+    cc: usize,
+    pd: &mut [f32],
+    ps: &mut [f32],
+) {
+    debug_assert!(pd.len() >= LANES * nb && ps.len() >= LANES * nb);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let offs = _mm256_mullo_epi32(lane, _mm256_set1_epi32(as_ as i32));
+    let live = _mm256_cmpgt_epi32(_mm256_set1_epi32(cc as i32), lane);
+    // Bytes 0-1 (`d`) or 2-3 (`s`) of each 32-bit lane, packed to the low 8 bytes of each half.
+    let pick_d = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, //
+        0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+    );
+    let pick_s = _mm256_setr_epi8(
+        2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, //
+        2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+    );
+    let halves = |v: __m256i, pick: __m256i| {
+        let x = _mm256_shuffle_epi8(v, pick);
+        _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(
+            x,
+        )))
+    };
+    for b in 0..nb {
+        let base = a.add(b * fmt.a_block()).cast::<i32>();
+        let v = _mm256_mask_i32gather_epi32::<1>(_mm256_setzero_si256(), base, offs, live);
+        _mm256_storeu_ps(pd.as_mut_ptr().add(b * LANES), halves(v, pick_d));
+        let s = match fmt {
+            Fmt::Q4_1 => halves(v, pick_s),
+            Fmt::Q8_0 => _mm256_setzero_ps(),
+        };
+        _mm256_storeu_ps(ps.as_mut_ptr().add(b * LANES), s);
+    }
 }
 
 /// One Q4_1 weight row against `C` (<= 8) Q8_1 activation rows whose scales are in the panel.
