@@ -219,11 +219,11 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .tenants
         .render(&mut text, tenants.as_deref().unwrap_or_default());
     state.metrics.programs.render(&mut text);
-    if let Some(sim) = state.metrics.programs.shadow_sim().cloned() {
-        // Replays the recorded turns (milliseconds per hundred): off the async workers.
-        if let Ok(Some(p)) = tokio::task::spawn_blocking(move || sim.predict()).await {
-            crate::shadow_sim::render(&p, &mut text);
-        }
+    if let Some(sim) = state.metrics.programs.shadow_sim() {
+        // Shadow mode: a replay of the newest turns starts in the background (within its
+        // duty cycle); this answer carries the latest finished prediction.
+        sim.refresh_in_background();
+        crate::shadow_sim::render_sim(sim, &mut text);
     }
     (
         [(

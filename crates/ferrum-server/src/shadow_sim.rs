@@ -7,23 +7,33 @@
 //! gap samples; none of that shows from `lru`'s side, and the virtual pins over-predicted
 //! `ttl`'s cached tokens by 6-19% live. So in shadow mode the server keeps the program turns
 //! it served (the records `--trace-out` writes, a bounded window of [`MAX_SIM_TURNS`]) and,
-//! when `/metrics` is read after new turns, replays them with [`ferrum_engine::replay`]: the
+//! after new turns, replays them with [`ferrum_engine::replay`]: the
 //! real scheduler, pool, radix cache, retention policy and gap predictor on a fake model, with
 //! step times fitted to the recorded busy time. Each turn arrives its recorded tool gap after
 //! its *simulated* predecessor finished, so `ttl`'s timeline runs at its own pace. The same
 //! workload is also replayed under `lru`, which checks the simulation against what `lru`
 //! served live (both are exported).
+//!
+//! The replays take about 0.3 ms per turn and policy (seconds for a full window), on a box
+//! whose cores serve the model. So they run on a background thread that a `/metrics` read
+//! starts when turns arrived since the last one, never more than [`DUTY`] of the time (a
+//! replay that took `t` is not followed by another for `(1/DUTY - 1) t`); a read returns the
+//! latest finished prediction at once, and `ferrum_retention_shadow_sim_pending` says whether
+//! newer turns are still to be simulated.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ferrum_engine::replay::trace::{programs, Trace, TraceEnd, TraceTurn};
 use ferrum_engine::replay::{replay, CostModel, ReplayConfig, ReplayReport};
 use ferrum_engine::{EngineConfig, KvRetention};
 
 /// Turns kept for the simulation; past it the oldest quarter is dropped (a long-running
-/// server predicts from its recent workload, and a scrape stays cheap).
+/// server predicts from its recent workload).
 pub const MAX_SIM_TURNS: usize = 20_000;
+/// Most of the time the background replays may run (the share of one core).
+pub const DUTY: f64 = 0.1;
 
 /// One policy's simulated figures over the recorded turns.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -69,11 +79,34 @@ pub struct ShadowPrediction {
 #[derive(Debug, Default)]
 struct Recorded {
     trace: Trace,
-    /// Bumped on every record, so a scrape with nothing new reuses `last`.
+    /// Bumped on every record.
     version: u64,
-    /// The last result and the version it was computed at (a failed simulation is kept as
-    /// `None`, so it is neither retried nor logged again until new turns arrive).
-    last: Option<(u64, Option<Arc<ShadowPrediction>>)>,
+    /// The version `last` was computed at (`None`: never).
+    done: Option<u64>,
+    /// The latest finished prediction (`None` before the first, or when the recorded
+    /// workload could not be simulated).
+    last: Option<Arc<ShadowPrediction>>,
+    /// A replay is running.
+    running: bool,
+    /// When the last replay finished and how long it took (the duty-cycle cap).
+    finished_at: Option<Instant>,
+    took: Duration,
+}
+
+impl Recorded {
+    /// Whether turns recorded since the last replay are not simulated yet.
+    fn pending(&self) -> bool {
+        self.running || self.version != self.done.unwrap_or(0)
+    }
+
+    /// Whether a replay may start now: something new, none running, the duty cycle allows.
+    fn may_start(&self, now: Instant) -> bool {
+        let rested = self.finished_at.is_none_or(|f| {
+            now.saturating_duration_since(f).as_secs_f64()
+                >= self.took.as_secs_f64() * (1.0 / DUTY - 1.0)
+        });
+        !self.running && self.pending() && !self.trace.turns.is_empty() && rested
+    }
 }
 
 /// Recorded program turns and the cached prediction over them; see the module docs.
@@ -129,23 +162,75 @@ impl ShadowSim {
         }
     }
 
-    /// The prediction over the turns recorded so far (`None` before the first turn, or if the
-    /// recorded workload cannot be simulated). Runs the two replays when turns arrived since
-    /// the last call, which takes milliseconds per hundred turns: call it off the async
-    /// runtime.
-    pub fn predict(&self) -> Option<Arc<ShadowPrediction>> {
-        let (trace, version) = {
-            let r = self.recorded.lock().ok()?;
-            if let Some((v, p)) = &r.last {
-                if *v == r.version {
-                    return p.clone();
-                }
-            }
-            (r.trace.clone(), r.version)
+    /// The latest finished prediction (it may not cover the newest turns: see [`pending`]).
+    ///
+    /// [`pending`]: Self::pending
+    pub fn latest(&self) -> Option<Arc<ShadowPrediction>> {
+        self.recorded.lock().ok()?.last.clone()
+    }
+
+    /// Whether turns recorded since the last replay still wait to be simulated.
+    pub fn pending(&self) -> bool {
+        self.recorded.lock().is_ok_and(|r| r.pending())
+    }
+
+    /// Starts a replay of the recorded turns on a background thread if [`refresh`] would run
+    /// one now; returns at once.
+    ///
+    /// [`refresh`]: Self::refresh
+    pub fn refresh_in_background(self: &Arc<Self>) {
+        let Some((trace, version)) = self.claim() else {
+            return;
         };
-        if trace.turns.is_empty() {
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("shadow-sim".into())
+            .spawn(move || me.simulate(trace, version));
+        if let Err(e) = spawned {
+            tracing::warn!("shadow simulation thread: {e}");
+            if let Ok(mut r) = self.recorded.lock() {
+                r.running = false;
+            }
+        }
+    }
+
+    /// Replays the recorded turns now, on this thread, if turns arrived since the last replay,
+    /// none is running and the duty cycle allows; returns whether it ran.
+    pub fn refresh(&self) -> bool {
+        match self.claim() {
+            Some((trace, version)) => {
+                self.simulate(trace, version);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks a replay as running and hands out what it simulates, if one may start now.
+    fn claim(&self) -> Option<(Trace, u64)> {
+        let mut r = self.recorded.lock().ok()?;
+        if !r.may_start(Instant::now()) {
             return None;
         }
+        r.running = true;
+        Some((r.trace.clone(), r.version))
+    }
+
+    /// Replays `trace` under `ttl` and `lru` and publishes the prediction as of `version`.
+    fn simulate(&self, trace: Trace, version: u64) {
+        let t0 = Instant::now();
+        let p = self.predict(trace).map(Arc::new);
+        if let Ok(mut r) = self.recorded.lock() {
+            r.done = Some(version);
+            r.last = p;
+            r.running = false;
+            r.finished_at = Some(Instant::now());
+            r.took = t0.elapsed();
+        }
+    }
+
+    /// The two replays; `None` (and a warning) if the workload cannot be simulated.
+    fn predict(&self, trace: Trace) -> Option<ShadowPrediction> {
         let progs = programs(trace);
         let cost = CostModel::default().fitted_to(&progs).unwrap_or_default();
         let run = |policy| {
@@ -161,21 +246,18 @@ impl ShadowSim {
             (Ok(t), Ok(l)) => (t, l),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!("shadow simulation: {e}");
-                if let Ok(mut r) = self.recorded.lock() {
-                    r.last = Some((version, None));
-                }
                 return None;
             }
         };
         let live = progs.iter().flat_map(|p| &p.turns);
-        let p = Arc::new(ShadowPrediction {
+        let p = ShadowPrediction {
             turns: ttl.turns,
             prompt_tokens: ttl.prompt_tokens,
             live_cached_tokens: live.map(|t| t.cached_tokens as u64).sum(),
             ttl: SimFigures::from(&ttl),
             lru: SimFigures::from(&lru),
             prefill_tps: cost.prefill_tps,
-        });
+        };
         tracing::info!(
             turns = p.turns,
             ttl_cached_tokens = p.ttl.cached_tokens,
@@ -184,10 +266,21 @@ impl ShadowSim {
             live_cached_tokens = p.live_cached_tokens,
             "shadow mode: ttl predicted on the recorded workload"
         );
-        if let Ok(mut r) = self.recorded.lock() {
-            r.last = Some((version, Some(Arc::clone(&p))));
-        }
         Some(p)
+    }
+}
+
+/// Appends the simulator's state to a Prometheus exposition: whether newer turns wait to be
+/// simulated, and the latest prediction, if any.
+pub fn render_sim(sim: &ShadowSim, out: &mut String) {
+    let n = "ferrum_retention_shadow_sim_pending";
+    let _ = writeln!(
+        out,
+        "# HELP {n} Shadow mode: 1 while turns served since the last simulation wait for the next one.\n# TYPE {n} gauge\n{n} {}",
+        u8::from(sim.pending())
+    );
+    if let Some(p) = sim.latest() {
+        render(&p, out);
     }
 }
 
@@ -310,9 +403,13 @@ mod tests {
         // 8 agents growing to 800 tokens each (6,400 in all) in a 4,096-token pool: under
         // lru, agents back from short tools find their history evicted by the others.
         let s = sim(4096);
-        assert!(s.predict().is_none(), "nothing recorded yet");
+        assert!(!s.refresh(), "nothing recorded yet");
+        assert!(s.latest().is_none() && !s.pending());
         record(&s, 8, 8, 100, 0.3, 20.0);
-        let p = s.predict().expect("a prediction");
+        assert!(s.pending());
+        assert!(s.refresh());
+        assert!(!s.pending());
+        let p = s.latest().expect("a prediction");
         assert_eq!(p.turns, 64);
         assert_eq!(p.prompt_tokens, 8 * 100 * 36);
         assert_eq!(p.live_cached_tokens, 0);
@@ -323,15 +420,12 @@ mod tests {
             p.lru
         );
         assert!(p.ttl.mean_jct_s < p.lru.mean_jct_s);
-        // Nothing new: the same prediction, not a new simulation.
-        assert!(Arc::ptr_eq(&p, &s.predict().unwrap()));
-        s.record_end(TraceEnd {
-            program: "agent-0".into(),
-            ended_s: 100.0,
-        });
-        assert!(!Arc::ptr_eq(&p, &s.predict().unwrap()));
+        // Nothing new: no new simulation.
+        assert!(!s.refresh());
+        assert!(Arc::ptr_eq(&p, &s.latest().unwrap()));
         let mut m = String::new();
-        render(&p, &mut m);
+        render_sim(&s, &mut m);
+        assert!(m.contains("ferrum_retention_shadow_sim_pending 0"), "{m}");
         assert!(m.contains("ferrum_retention_shadow_sim_turns 64"), "{m}");
         let ttl = format!(
             "ferrum_retention_shadow_sim_cached_tokens{{policy=\"ttl\"}} {}",
@@ -339,6 +433,39 @@ mod tests {
         );
         assert!(m.contains(&ttl), "{m}");
         assert!(m.contains("ferrum_retention_shadow_sim_reprefill_tokens{policy=\"lru\"}"));
+    }
+
+    #[test]
+    fn replays_are_held_to_the_duty_cycle_and_run_in_the_background() {
+        let s = Arc::new(sim(4096));
+        record(&s, 2, 2, 50, 0.1, 0.1);
+        assert!(s.refresh());
+        // As if that replay had taken an hour: the next may not start for nine more.
+        s.recorded.lock().unwrap().took = Duration::from_secs(3600);
+        s.record_end(TraceEnd {
+            program: "agent-0".into(),
+            ended_s: 100.0,
+        });
+        assert!(s.pending());
+        assert!(!s.refresh(), "held back by the duty cycle");
+        s.refresh_in_background();
+        assert!(s.pending(), "still held back");
+        let mut m = String::new();
+        render_sim(&s, &mut m);
+        assert!(m.contains("ferrum_retention_shadow_sim_pending 1"), "{m}");
+        assert!(
+            m.contains("ferrum_retention_shadow_sim_turns 4"),
+            "the older prediction: {m}"
+        );
+        // Rested: the background thread brings the prediction up to date.
+        s.recorded.lock().unwrap().took = Duration::ZERO;
+        s.refresh_in_background();
+        let t0 = Instant::now();
+        while s.pending() && t0.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!s.pending());
+        assert_eq!(s.latest().unwrap().turns, 4);
     }
 
     #[test]
@@ -354,8 +481,9 @@ mod tests {
     fn a_turn_larger_than_the_pool_gives_no_prediction_instead_of_a_panic() {
         let s = sim(64);
         record(&s, 1, 2, 100, 0.1, 0.1);
-        assert!(s.predict().is_none());
-        let r = s.recorded.lock().unwrap();
-        assert_eq!(r.last, Some((r.version, None)), "the failure is remembered");
+        assert!(s.refresh());
+        assert!(s.latest().is_none());
+        assert!(!s.pending(), "the failed replay counts as done");
+        assert!(!s.refresh(), "and is not retried until new turns arrive");
     }
 }

@@ -329,6 +329,9 @@ fn run_agent(
     prog
 }
 
+/// Longest wait, after a run, for shadow mode's simulation to cover the run's turns.
+const SHADOW_SIM_WAIT: Duration = Duration::from_secs(300);
+
 /// Runs every agent of `plans` concurrently against `cfg.url`; retention counters are the
 /// `/metrics` deltas over the run.
 pub fn run_live(cfg: &LiveConfig, plans: &[AgentPlan]) -> Result<LiveReport> {
@@ -354,7 +357,15 @@ pub fn run_live(cfg: &LiveConfig, plans: &[AgentPlan]) -> Result<LiveReport> {
             .collect()
     });
     let wall_s = start.elapsed().as_secs_f64();
-    let after = scrape_metrics(&base)?;
+    let mut after = scrape_metrics(&base)?;
+    // Shadow mode simulates the served turns in the background: wait until it covers them all.
+    let waiting = Instant::now();
+    while after.get("ferrum_retention_shadow_sim_pending") == Some(&1.0)
+        && waiting.elapsed() < SHADOW_SIM_WAIT
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        after = scrape_metrics(&base)?;
+    }
     let delta =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     let mut r = summarize(programs);
