@@ -173,12 +173,12 @@ impl Default for ReplayConfig {
 }
 
 impl ReplayConfig {
-    /// The simulation of an engine configured as `cfg` (pool, step budget, running cap, pin
-    /// cap), under `policy`: what shadow mode runs to predict `ttl` on the server's own
-    /// settings.
-    pub fn for_engine(cfg: &EngineConfig, policy: KvRetention) -> Self {
+    /// The simulation of an engine configured as `cfg` (its retention policy, pool, step
+    /// budget, running cap, pin cap): what shadow mode replays, per policy, on the server's
+    /// own settings.
+    pub fn for_engine(cfg: &EngineConfig) -> Self {
         ReplayConfig {
-            policy,
+            policy: cfg.retention.policy,
             shadow: false,
             kv_cache_tokens: cfg.num_blocks * cfg.block_size,
             block_size: cfg.block_size,

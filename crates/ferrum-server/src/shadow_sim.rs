@@ -118,7 +118,7 @@ pub struct ShadowSim {
 
 impl ShadowSim {
     /// A simulator of the server's engine settings (`cfg`'s pool, step budget, running and pin
-    /// caps; its policy is ignored).
+    /// caps; each replay sets its own policy).
     pub fn new(cfg: ReplayConfig) -> Self {
         ShadowSim {
             cfg,
@@ -130,12 +130,8 @@ impl ShadowSim {
     /// (`lru` with `shadow` set), none otherwise.
     pub fn for_engine(cfg: &EngineConfig) -> Option<Arc<ShadowSim>> {
         let r = &cfg.retention;
-        (r.shadow && r.policy == KvRetention::Lru).then(|| {
-            Arc::new(ShadowSim::new(ReplayConfig::for_engine(
-                cfg,
-                KvRetention::Ttl,
-            )))
-        })
+        (r.shadow && r.policy == KvRetention::Lru)
+            .then(|| Arc::new(ShadowSim::new(ReplayConfig::for_engine(cfg))))
     }
 
     /// Keeps a finished program turn.
@@ -292,7 +288,7 @@ pub fn render_sim(sim: &ShadowSim, out: &mut String) {
 }
 
 /// Appends a prediction to a Prometheus exposition.
-pub fn render(p: &ShadowPrediction, out: &mut String) {
+fn render(p: &ShadowPrediction, out: &mut String) {
     let plain = |v: String| vec![("", v)];
     let by_policy =
         |ttl: String, lru: String| vec![("{policy=\"ttl\"}", ttl), ("{policy=\"lru\"}", lru)];
