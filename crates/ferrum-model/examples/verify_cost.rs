@@ -3,6 +3,9 @@
 //! `k = 0..=8`, and `n` sequences of one row each (plain batched decode) for comparison.
 //!
 //! `cargo run --release -p ferrum-model --example verify_cost -- MODEL.gguf [threads] [ctx]`
+//!
+//! With `ONLY_K=k` it prefills one sequence and times 1,000 verifications of `k` drafts
+//! alone, for a profiler.
 
 use std::time::Instant;
 
@@ -26,7 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
         .collect();
     let mut batch = Batch::default();
-    for t in &tables {
+    let only = std::env::var("ONLY_K").is_ok();
+    for t in &tables[..if only { 1 } else { seqs }] {
         batch.clear();
         let row = batch.push_seq(&prompt, 0, t);
         batch.logits_rows.push(row);
@@ -43,14 +47,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         v.sort_by(f64::total_cmp);
         Ok(v[reps / 2])
     };
+    if let Ok(k) = std::env::var("ONLY_K") {
+        let k: usize = k.parse()?;
+        verify_batch(&mut batch, k, ctx, &tables[0]);
+        let t0 = Instant::now();
+        for _ in 0..1000 {
+            runner.forward(&batch)?;
+        }
+        println!("k={k}: {:.2} ms", t0.elapsed().as_secs_f64() * 1e3 / 1000.0);
+        return Ok(());
+    }
     println!("threads {threads}, context {ctx}: median ms of {reps} forwards");
     let mut base = 0.0;
     for k in 0..=8usize {
-        batch.clear();
-        let toks: Vec<u32> = (0..=k as u32).map(|i| 500 + i).collect();
-        let row = batch.push_seq(&toks, ctx, &tables[0]);
-        batch.seqs[0].decode = true;
-        batch.logits_rows.extend(row - k..=row);
+        verify_batch(&mut batch, k, ctx, &tables[0]);
         let ms = time(&batch)?;
         if k == 0 {
             base = ms;
@@ -70,4 +80,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("decode batch {n}: {ms:7.2} ms  ({:.2}x one row)", ms / base);
     }
     Ok(())
+}
+
+/// One sequence's verification of `k` drafts after `ctx` cached positions: `1 + k` decode
+/// rows, every one with logits.
+fn verify_batch(batch: &mut Batch, k: usize, ctx: usize, table: &[u32]) {
+    batch.clear();
+    let toks: Vec<u32> = (0..=k as u32).map(|i| 500 + i).collect();
+    let row = batch.push_seq(&toks, ctx, table);
+    batch.seqs[0].decode = true;
+    batch.logits_rows.extend(row - k..=row);
 }

@@ -456,7 +456,7 @@ fn bench_default_model_matmuls() {
         let w = random_weights(ty, n, rows, &mut rng);
         let a = quantize_rows(vec_dot_type(ty), &random_acts(n, 64, &mut rng), n);
         for k in &levels {
-            for ncols in [1usize, 4, 16, 64] {
+            for ncols in [1usize, 2, 3, 4, 8, 16, 64] {
                 let mut out = vec![0f32; rows * ncols];
                 let macs = n * rows * ncols;
                 let iters = if k.level() == SimdLevel::Scalar {
@@ -487,7 +487,8 @@ fn bench_default_model_matmuls() {
 
 /// The panel kernels (Q4_1, Q8_0 on AVX2) must compute exactly what the square register tiles
 /// computed (those reproduced llama.cpp's logits bit for bit), for every shape: one column
-/// (decode), partial panels, several panels, and rows longer than one scale chunk.
+/// (decode), 2-3 columns (the small-column kernel, with row remainders), partial panels,
+/// several panels, and rows longer than one scale chunk.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx2_panel_kernels_are_bitwise_equal_to_register_tiles() {
@@ -501,6 +502,8 @@ fn avx2_panel_kernels_are_bitwise_equal_to_register_tiles() {
             (1, 1, 1),
             (3, 7, 1),
             (18, 9, 2),
+            (40, 7, 3),
+            (33, 5, 3),
             (5, 6, 8),
             (70, 5, 11),
             (48, 4, 17),

@@ -5,11 +5,15 @@
 //! scales and per-pair scalar sums) spills on every block. These kernels keep only what the
 //! inner loop needs in registers:
 //!
-//! - **Several activation rows** (`ncols >= 2`): activation rows go 8 at a time. Their block
+//! - **Several activation rows** (`ncols > 3`): activation rows go 8 at a time. Their block
 //!   scales are widened once into an f32 panel `[block][8]`; then, for each weight row, a
 //!   vector pre-pass computes the 8 per-pair scale products `d_w * d_a` of a chunk of blocks
 //!   (and, for Q4_1, the 8 running sums of `m_w * s_a`), and the main pass does only the integer
 //!   dot, its conversion and one FMA per pair, with the scale broadcast from L1.
+//! - **Two or three activation rows** (speculative verification, small batches): a panel row
+//!   has only `C` accumulator chains and waits on FMA latency, so these go 3-4 weight rows at
+//!   a time (`R * C` chains), with the same scale pre-pass per chunk of blocks and the scale
+//!   products read back by broadcast loads (a register broadcast takes the one shuffle pipe).
 //! - **One activation row** (decode): 4 weight rows at a time; each row's `(d, m)` pair is
 //!   multiplied by the activation's `(d, s)` in one 2-lane multiply.
 //!
@@ -33,6 +37,10 @@ const CHUNK: usize = 64;
 const LANES: usize = 8;
 /// Weight rows that every column group visits before the next rows (cache blocking).
 const ROW_TILE: usize = 32;
+/// Up to this many activation rows take [`small_cols`] instead of the panel.
+const SMALL_COLS: usize = 3;
+/// Blocks whose scale products one [`rows_small`] pre-pass computes.
+const SMALL_CHUNK: usize = 32;
 
 thread_local! {
     /// Per-thread activation scale panel, grown on first use and then reused, so the step
@@ -126,6 +134,16 @@ pub(in crate::quant) unsafe fn matmul(
     }
     PANEL.with(|panel| {
         let mut panel = panel.borrow_mut();
+        if ncols <= SMALL_COLS {
+            if panel.len() < 2 * LANES * nb {
+                panel.resize(2 * LANES * nb, 0.0);
+            }
+            let (pd, ps) = panel[..2 * LANES * nb].split_at_mut(LANES * nb);
+            widen_group(fmt, nb, a, as_, ncols, pd, ps);
+            let (pd, ps) = (pd.as_ptr(), ps.as_ptr());
+            small_cols(fmt, nb, w, ws, nrows, a, as_, ncols, pd, ps, out, os);
+            return;
+        }
         let groups = ncols.div_ceil(LANES);
         let per_group = 2 * LANES * nb;
         if panel.len() < groups * per_group {
@@ -297,6 +315,129 @@ unsafe fn row_q8_0<const C: usize>(
     }
     for c in 0..C {
         *out.add(c * os) = hsum8(acc[c]);
+    }
+}
+
+/// Two or three activation rows (2..=[`SMALL_COLS`]: speculative verification, small batches): `R`
+/// weight rows at a time, so `R * C` independent accumulator chains hide the FMA latency that
+/// a panel row with only `C` chains waits on, and no per-row scale pre-pass.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn small_cols(
+    fmt: Fmt,
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    nrows: usize,
+    a: *const u8,
+    as_: usize,
+    ncols: usize,
+    pd: *const f32,
+    ps: *const f32,
+    out: *mut f32,
+    os: usize,
+) {
+    // Whole tiles of `R` weight rows, then the remainder one row at a time. (A macro, not
+    // function pointers: the calls must inline, an indirect call per tile cost 10%.)
+    macro_rules! tiles {
+        ($r:literal, $c:literal, $q4:literal) => {{
+            let mut r0 = 0;
+            while r0 + $r <= nrows {
+                rows_small::<$r, $c, $q4>(nb, w.add(r0 * ws), ws, a, as_, pd, ps, out.add(r0), os);
+                r0 += $r;
+            }
+            while r0 < nrows {
+                rows_small::<1, $c, $q4>(nb, w.add(r0 * ws), ws, a, as_, pd, ps, out.add(r0), os);
+                r0 += 1;
+            }
+        }};
+    }
+    match (ncols, fmt) {
+        (2, Fmt::Q4_1) => tiles!(4, 2, true),
+        (2, Fmt::Q8_0) => tiles!(4, 2, false),
+        (_, Fmt::Q4_1) => tiles!(3, 3, true),
+        (_, Fmt::Q8_0) => tiles!(3, 3, false),
+    }
+}
+
+/// `R` weight rows against `C` activation rows whose scales are in the panel group `pd`/`ps`;
+/// per pair the same sequence as [`row_q4_1`] / [`row_q8_0`] (so the same bits).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    pd: *const f32,
+    ps: *const f32,
+    out: *mut f32,
+    os: usize,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut summ = [_mm256_setzero_ps(); R];
+    let (wb, ab, aq_off) = if Q4 { (20, 36, 4) } else { (34, 34, 2) };
+    let pf = w.wrapping_add(PF_TILES * R * ws);
+    // Scale products of a chunk, `[block][row][lane]`: written by the pre-pass, then read back
+    // by broadcast loads (a register broadcast would take the one shuffle pipe).
+    let mut sc = [const { MaybeUninit::<f32>::uninit() }; LANES * SMALL_CHUNK * 4];
+    let scp = sc.as_mut_ptr().cast::<f32>();
+    debug_assert!(R <= 4);
+    let mut b0 = 0;
+    while b0 < nb {
+        let m = (nb - b0).min(SMALL_CHUNK);
+        for i in 0..m {
+            let b = b0 + i;
+            let pdv = _mm256_loadu_ps(pd.add(b * LANES));
+            for r in 0..R {
+                let p = w.add(r * ws + b * wb);
+                let prod = if Q4 {
+                    let (d, mn) = ld_f16x2(p);
+                    let mprod =
+                        _mm256_mul_ps(_mm256_set1_ps(mn), _mm256_loadu_ps(ps.add(b * LANES)));
+                    summ[r] = _mm256_add_ps(summ[r], mprod);
+                    _mm256_mul_ps(_mm256_set1_ps(d), pdv)
+                } else {
+                    _mm256_mul_ps(_mm256_set1_ps(ld_f16(p)), pdv)
+                };
+                _mm256_storeu_ps(scp.add((i * R + r) * LANES), prod);
+            }
+        }
+        for i in 0..m {
+            let b = b0 + i;
+            prefetch_ahead(pf, b, R * wb);
+            for r in 0..R {
+                let p = w.add(r * ws + b * wb);
+                let sr = scp.add((i * R + r) * LANES);
+                if Q4 {
+                    let wq = nib32(p.add(4));
+                    for c in 0..C {
+                        let aq = _mm256_loadu_si256(a.add(c * as_ + b * ab + aq_off).cast());
+                        let s = _mm256_set1_ps(*sr.add(c));
+                        acc[r][c] = _mm256_fmadd_ps(s, dot_groups(wq, aq, ones), acc[r][c]);
+                    }
+                } else {
+                    let wq = _mm256_loadu_si256(p.add(2).cast());
+                    let wabs = _mm256_sign_epi8(wq, wq);
+                    for c in 0..C {
+                        let aq = _mm256_loadu_si256(a.add(c * as_ + b * ab + aq_off).cast());
+                        let s = _mm256_set1_ps(*sr.add(c));
+                        let q = dot_groups(wabs, _mm256_sign_epi8(aq, wq), ones);
+                        acc[r][c] = _mm256_fmadd_ps(s, q, acc[r][c]);
+                    }
+                }
+            }
+        }
+        b0 += m;
+    }
+    for r in 0..R {
+        let mut sm = [0f32; LANES];
+        _mm256_storeu_ps(sm.as_mut_ptr(), summ[r]);
+        for c in 0..C {
+            *out.add(c * os + r) = hsum8(acc[r][c]) + sm[c];
+        }
     }
 }
 
