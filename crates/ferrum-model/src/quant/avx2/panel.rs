@@ -318,9 +318,9 @@ unsafe fn row_q8_0<const C: usize>(
     }
 }
 
-/// Two or three activation rows (2..=[`SMALL_COLS`]: speculative verification, small batches): `R`
-/// weight rows at a time, so `R * C` independent accumulator chains hide the FMA latency that
-/// a panel row with only `C` chains waits on, and no per-row scale pre-pass.
+/// Two or three activation rows (up to [`SMALL_COLS`]: speculative verification, small
+/// batches): `R` weight rows at a time, so `R * C` independent accumulator chains hide the FMA
+/// latency that a panel row with only `C` chains waits on.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn small_cols(
