@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 mod config;
+mod matmul;
 
 pub use config::LlamaConfig;
 
@@ -21,7 +22,8 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::kv::KvCache;
 use crate::quant::{self, Kernels};
-use crate::threadpool::{split_range, ThreadPool, WorkSplitter};
+use crate::threadpool::{split_range, ThreadPool};
+use matmul::project;
 
 /// A weight matrix in its quantized form, read in place from the mapped file.
 pub struct QMatrix {
@@ -251,21 +253,9 @@ thread_local! {
     static ATTN: std::cell::RefCell<AttnScratch> = std::cell::RefCell::new(AttnScratch::default());
 }
 
-/// Granularity of the row split between threads.
-const TILE_ROWS: usize = 32;
-/// Most weight rows per kernel call (the chunk is re-read from cache for each column tile).
-const CALL_ROWS: usize = 1024;
 /// Most rows of one sequence whose attention shares one conversion of the context (bounds
 /// the work item, so threads stay balanced on a long prompt).
 const ATTN_RUN: usize = 32;
-/// Activation rows from which a matmul's weight rows are claimed dynamically
-/// ([`WorkSplitter`]) rather than split in fixed halves. This machine's two vCPUs run at
-/// different, changing speeds (25% apart at times), and at 16 rows the claims paid (batched
-/// decode +5% median of 4 A/B pairs); at one row, where the weights stream from memory, the
-/// claims cost more than they balanced.
-const DYNAMIC_SPLIT_COLS: usize = 8;
-/// Activation columns per matmul tile.
-const TILE_COLS: usize = 64;
 
 impl LlamaRunner {
     /// A runner with a KV pool of `num_blocks` blocks of `block_size` tokens and `n_threads`
@@ -372,40 +362,18 @@ impl LlamaRunner {
                 c.rms_eps,
                 &mut sc.xn[..t * e],
             );
-            let acts = quantize_rows(&self.pool, layer.wq.dtype, &sc.xn[..t * e], e, &mut sc.acts);
-            matmul(
+            let qkv = [
+                (&layer.wq, &mut sc.q[..t * e]),
+                (&layer.wk, &mut sc.k[..t * kvd]),
+                (&layer.wv, &mut sc.v[..t * kvd]),
+            ];
+            project(
                 &self.pool,
                 self.kernels,
-                &layer.wq,
-                acts,
-                t,
-                &mut sc.q[..t * e],
-            );
-            let acts = if layer.wk.dtype == layer.wq.dtype {
-                acts
-            } else {
-                quantize_rows(&self.pool, layer.wk.dtype, &sc.xn[..t * e], e, &mut sc.acts)
-            };
-            matmul(
-                &self.pool,
-                self.kernels,
-                &layer.wk,
-                acts,
-                t,
-                &mut sc.k[..t * kvd],
-            );
-            let acts = if layer.wv.dtype == layer.wk.dtype {
-                acts
-            } else {
-                quantize_rows(&self.pool, layer.wv.dtype, &sc.xn[..t * e], e, &mut sc.acts)
-            };
-            matmul(
-                &self.pool,
-                self.kernels,
-                &layer.wv,
-                acts,
-                t,
-                &mut sc.v[..t * kvd],
+                qkv,
+                &sc.xn[..t * e],
+                e,
+                &mut sc.acts,
             );
             {
                 // RoPE and the K/V store, rows split over the pool (a prompt chunk's rows
@@ -453,20 +421,14 @@ impl LlamaRunner {
                 scale,
                 &mut sc.attn[..t * e],
             );
-            let acts = quantize_rows(
+            let wo = [(&layer.wo, &mut sc.tmp[..t * e])];
+            project(
                 &self.pool,
-                layer.wo.dtype,
+                self.kernels,
+                wo,
                 &sc.attn[..t * e],
                 e,
                 &mut sc.acts,
-            );
-            matmul(
-                &self.pool,
-                self.kernels,
-                &layer.wo,
-                acts,
-                t,
-                &mut sc.tmp[..t * e],
             );
             add_in_place(&mut sc.x[..t * e], &sc.tmp[..t * e]);
             // MLP block.
@@ -477,55 +439,27 @@ impl LlamaRunner {
                 c.rms_eps,
                 &mut sc.xn[..t * e],
             );
-            let acts = quantize_rows(
+            let gate_up = [
+                (&layer.w_gate, &mut sc.gate[..t * ff]),
+                (&layer.w_up, &mut sc.up[..t * ff]),
+            ];
+            project(
                 &self.pool,
-                layer.w_gate.dtype,
+                self.kernels,
+                gate_up,
                 &sc.xn[..t * e],
                 e,
                 &mut sc.acts,
             );
-            matmul(
-                &self.pool,
-                self.kernels,
-                &layer.w_gate,
-                acts,
-                t,
-                &mut sc.gate[..t * ff],
-            );
-            let acts = if layer.w_up.dtype == layer.w_gate.dtype {
-                acts
-            } else {
-                quantize_rows(
-                    &self.pool,
-                    layer.w_up.dtype,
-                    &sc.xn[..t * e],
-                    e,
-                    &mut sc.acts,
-                )
-            };
-            matmul(
-                &self.pool,
-                self.kernels,
-                &layer.w_up,
-                acts,
-                t,
-                &mut sc.up[..t * ff],
-            );
             swiglu(&mut sc.gate[..t * ff], &sc.up[..t * ff]);
-            let acts = quantize_rows(
+            let down = [(&layer.w_down, &mut sc.tmp[..t * e])];
+            project(
                 &self.pool,
-                layer.w_down.dtype,
+                self.kernels,
+                down,
                 &sc.gate[..t * ff],
                 ff,
                 &mut sc.acts,
-            );
-            matmul(
-                &self.pool,
-                self.kernels,
-                &layer.w_down,
-                acts,
-                t,
-                &mut sc.tmp[..t * e],
             );
             add_in_place(&mut sc.x[..t * e], &sc.tmp[..t * e]);
         }
@@ -544,15 +478,15 @@ impl LlamaRunner {
             &mut sc.xn[..r * e],
         );
         let head = model.lm_head();
-        let acts = quantize_rows(&self.pool, head.dtype, &sc.xn[..r * e], e, &mut sc.acts);
         grow(&mut sc.logits, r * vocab);
-        matmul(
+        let logits = [(head, &mut sc.logits[..r * vocab])];
+        project(
             &self.pool,
             self.kernels,
-            head,
-            acts,
-            r,
-            &mut sc.logits[..r * vocab],
+            logits,
+            &sc.xn[..r * e],
+            e,
+            &mut sc.acts,
         );
         Ok(&sc.logits[..r * vocab])
     }
@@ -610,77 +544,6 @@ fn quantize_rows<'a>(
         body(0, 1);
     }
     &buf[..rows * rb]
-}
-
-/// `out[c][r] = W[r] . act[c]` for `t` activation rows, split by weight rows across threads
-/// (from [`DYNAMIC_SPLIT_COLS`] rows on, claimed from a [`WorkSplitter`], so a slower thread
-/// takes fewer weight rows). Each share goes to the kernels up to [`CALL_ROWS`] rows and
-/// [`TILE_COLS`] columns per call (the kernels block for cache themselves), so per-call
-/// set-up such as widening activation scales is paid once per call, not once per register
-/// tile.
-fn matmul(pool: &ThreadPool, k: &Kernels, w: &QMatrix, acts: &[u8], t: usize, out: &mut [f32]) {
-    let a_rb = acts.len() / t.max(1);
-    let outp = SharedOut(out.as_mut_ptr());
-    let rows = w.rows;
-    if t < DYNAMIC_SPLIT_COLS {
-        // A few rows stream the weights once (memory-bound): a fixed half each, no claims.
-        pool.run(|tid, nt| {
-            matmul_rows(
-                k,
-                w,
-                acts,
-                a_rb,
-                t,
-                split_range(rows, tid, nt, TILE_ROWS),
-                outp,
-            )
-        });
-        return;
-    }
-    let work = WorkSplitter::new(rows, TILE_ROWS, pool.n_threads());
-    pool.run(|_, _| {
-        while let Some(my) = work.claim() {
-            matmul_rows(k, w, acts, a_rb, t, my, outp);
-        }
-    });
-}
-
-/// Rows `my` of [`matmul`], every column.
-fn matmul_rows(
-    k: &Kernels,
-    w: &QMatrix,
-    acts: &[u8],
-    a_rb: usize,
-    t: usize,
-    my: std::ops::Range<usize>,
-    outp: SharedOut,
-) {
-    let rows = w.rows;
-    let mut r0 = my.start;
-    while r0 < my.end {
-        let nr = CALL_ROWS.min(my.end - r0);
-        let wb = &w.bytes()[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
-        let mut c0 = 0;
-        while c0 < t {
-            let nc = TILE_COLS.min(t - c0);
-            // SAFETY: rows r0..r0+nr of every column were claimed by this thread alone,
-            // and `out` holds `t` columns of `rows` floats.
-            unsafe {
-                k.matmul_tile_raw(
-                    w.dtype,
-                    w.cols,
-                    wb,
-                    nr,
-                    &acts[c0 * a_rb..(c0 + nc) * a_rb],
-                    nc,
-                    outp.ptr().add(c0 * rows + r0),
-                    rows,
-                );
-            }
-            c0 += nc;
-        }
-        r0 += nr;
-    }
 }
 
 /// Rotates adjacent pairs `(x[2i], x[2i+1])` of every head by `pos * base^(-2i/rope_dim)`,
