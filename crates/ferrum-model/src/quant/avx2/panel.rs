@@ -39,6 +39,8 @@ const LANES: usize = 8;
 const ROW_TILE: usize = 32;
 /// Up to this many activation rows take [`small_cols`] instead of the panel.
 const SMALL_COLS: usize = 3;
+/// Most weight rows per [`rows_small`] tile (its scratch is sized for this many).
+const SMALL_MAX_ROWS: usize = 4;
 /// Blocks whose scale products one [`rows_small`] pre-pass computes.
 const SMALL_CHUNK: usize = 32;
 
@@ -134,16 +136,6 @@ pub(in crate::quant) unsafe fn matmul(
     }
     PANEL.with(|panel| {
         let mut panel = panel.borrow_mut();
-        if ncols <= SMALL_COLS {
-            if panel.len() < 2 * LANES * nb {
-                panel.resize(2 * LANES * nb, 0.0);
-            }
-            let (pd, ps) = panel[..2 * LANES * nb].split_at_mut(LANES * nb);
-            widen_group(fmt, nb, a, as_, ncols, pd, ps);
-            let (pd, ps) = (pd.as_ptr(), ps.as_ptr());
-            small_cols(fmt, nb, w, ws, nrows, a, as_, ncols, pd, ps, out, os);
-            return;
-        }
         let groups = ncols.div_ceil(LANES);
         let per_group = 2 * LANES * nb;
         if panel.len() < groups * per_group {
@@ -155,6 +147,24 @@ pub(in crate::quant) unsafe fn matmul(
             let (pd, ps) = panel[g * per_group..(g + 1) * per_group].split_at_mut(LANES * nb);
             let cc = (ncols - g * LANES).min(LANES);
             widen_group(fmt, nb, a.add(g * LANES * as_), as_, cc, pd, ps);
+        }
+        if ncols <= SMALL_COLS {
+            let pd = panel.as_ptr();
+            small_cols(
+                fmt,
+                nb,
+                w,
+                ws,
+                nrows,
+                a,
+                as_,
+                ncols,
+                pd,
+                pd.add(LANES * nb),
+                out,
+                os,
+            );
+            return;
         }
         // Row tiles small enough to stay in L1 while every column group passes over them.
         let mut r0 = 0;
@@ -382,9 +392,12 @@ unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool>(
     let pf = w.wrapping_add(PF_TILES * R * ws);
     // Scale products of a chunk, `[block][row][lane]`: written by the pre-pass, then read back
     // by broadcast loads (a register broadcast would take the one shuffle pipe).
-    let mut sc = [const { MaybeUninit::<f32>::uninit() }; LANES * SMALL_CHUNK * 4];
+    let mut sc = [const { MaybeUninit::<f32>::uninit() }; LANES * SMALL_CHUNK * SMALL_MAX_ROWS];
     let scp = sc.as_mut_ptr().cast::<f32>();
-    debug_assert!(R <= 4);
+    assert!(
+        R <= SMALL_MAX_ROWS,
+        "programming error: rows_small tile of {R} rows"
+    );
     let mut b0 = 0;
     while b0 < nb {
         let m = (nb - b0).min(SMALL_CHUNK);
@@ -436,7 +449,9 @@ unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool>(
         let mut sm = [0f32; LANES];
         _mm256_storeu_ps(sm.as_mut_ptr(), summ[r]);
         for c in 0..C {
-            *out.add(c * os + r) = hsum8(acc[r][c]) + sm[c];
+            // Q8_0 has no `m * s` term: add nothing, as `row_q8_0` does (keeps a -0.0).
+            let v = hsum8(acc[r][c]);
+            *out.add(c * os + r) = if Q4 { v + sm[c] } else { v };
         }
     }
 }
