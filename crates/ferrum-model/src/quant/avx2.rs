@@ -74,11 +74,50 @@ pub(crate) unsafe fn hsum8(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Σ over pairs of unsigned x times signed y, 8 lanes of i32 (each sums 4 products).
+/// `DOT` value: the AVX2 pair `vpmaddubsw` + `vpmaddwd`.
+pub(super) const DOT_MADD: u8 = 0;
+/// `DOT` value: one `vpdpbusd` on 256-bit registers, EVEX-encoded (AVX-512 VNNI + VL).
+pub(super) const DOT_VNNI_EVEX: u8 = 1;
+/// `DOT` value: one `vpdpbusd`, VEX-encoded (AVX-VNNI, on CPUs without AVX-512).
+pub(super) const DOT_VNNI_VEX: u8 = 2;
+
+/// Σ of the 4 products of unsigned `x` times signed `y` in each 4-byte group: 8 lanes of i32.
+///
+/// `DOT` picks the instructions. Both give the same integers for our operands: the AVX2 pair
+/// rounds through i16 with saturation, which never triggers because one operand is a 4-bit
+/// quant or a magnitude <= 128 against a Q8 value in -127..=127 (two products stay below
+/// 2^15). So a VNNI build computes bit for bit what the AVX2 build (and llama.cpp's AVX2 and
+/// AVX-512 VNNI builds, which use the same 8-lane structure) computes.
+///
+/// `vpdpbusd` is written as inline assembly so the kernels keep one source compiled for
+/// AVX2: a `#[target_feature(enable = "avx512vnni")]` intrinsic cannot inline into them, and
+/// a second copy of every kernel per instruction set would be 1,000 lines to keep in step.
+/// The assembler accepts the instruction whatever the function's features; callers only use
+/// a VNNI `DOT` after detecting the feature (see `Kernels`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_u8i8(x: __m256i, y: __m256i) -> __m256i {
-    _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
+pub(super) unsafe fn dot_u8i8<const DOT: u8>(x: __m256i, y: __m256i) -> __m256i {
+    let mut acc = _mm256_setzero_si256();
+    // `acc += Σ x·y` per 4-byte group; `$prefix` picks the encoding.
+    macro_rules! vpdpbusd {
+        ($prefix:literal) => {
+            std::arch::asm!(
+                concat!($prefix, "vpdpbusd {acc}, {x}, {y}"),
+                acc = inout(ymm_reg) acc,
+                x = in(ymm_reg) x,
+                y = in(ymm_reg) y,
+                options(pure, nomem, nostack, preserves_flags)
+            )
+        };
+    }
+    // SAFETY (asm): one register-only instruction, touching no memory, stack or flags; the
+    // caller checked that the CPU has it.
+    match DOT {
+        DOT_VNNI_EVEX => vpdpbusd!(""),
+        DOT_VNNI_VEX => vpdpbusd!("{{vex}} "),
+        _ => acc = _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)),
+    }
+    acc
 }
 
 /// Q4_1 weights x Q8_1 activations as a square register tile: the reference the panel kernels
@@ -112,7 +151,7 @@ pub(super) unsafe fn tile_q4_1<const R: usize, const C: usize>(
             let (ad, asum) = ld_f16x2(p);
             let aq = _mm256_loadu_si256(p.add(4).cast());
             for r in 0..R {
-                let s = _mm256_cvtepi32_ps(dot_u8i8(wq[r], aq));
+                let s = _mm256_cvtepi32_ps(dot_u8i8::<DOT_MADD>(wq[r], aq));
                 acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(wd[r] * ad), s, acc[r][c]);
                 summ[r][c] += wm[r] * asum;
             }
@@ -159,7 +198,7 @@ pub(super) unsafe fn tile_q8<const R: usize, const C: usize, const Q4: bool>(
             let ad = ld_f16(p);
             let aq = _mm256_loadu_si256(p.add(2).cast());
             for r in 0..R {
-                let s = dot_u8i8(wabs[r], _mm256_sign_epi8(aq, wq[r]));
+                let s = dot_u8i8::<DOT_MADD>(wabs[r], _mm256_sign_epi8(aq, wq[r]));
                 let s = _mm256_cvtepi32_ps(s);
                 acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(wd[r] * ad), s, acc[r][c]);
             }
@@ -413,9 +452,10 @@ pub(super) unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
     super::scalar::f32_to_f16(&src[i..n], &mut dst[i..n]);
 }
 
-/// Tiled matrix product; see `Kernels::matmul_tile` for the layout.
+/// Tiled matrix product; see `Kernels::matmul_tile` for the layout. `DOT` (see [`dot_u8i8`])
+/// applies to the default model's formats, Q4_1 and Q8_0; the others run the AVX2 pair.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn matmul(
+pub(super) unsafe fn matmul<const DOT: u8>(
     ty: GgmlType,
     n: usize,
     w: *const u8,
@@ -429,8 +469,12 @@ pub(super) unsafe fn matmul(
 ) {
     let nb = n / ty.block_size();
     match ty {
-        GgmlType::Q4_1 => panel::matmul(panel::Fmt::Q4_1, nb, w, ws, nrows, a, as_, ncols, out, os),
-        GgmlType::Q8_0 => panel::matmul(panel::Fmt::Q8_0, nb, w, ws, nrows, a, as_, ncols, out, os),
+        GgmlType::Q4_1 => {
+            panel::matmul::<DOT>(panel::Fmt::Q4_1, nb, w, ws, nrows, a, as_, ncols, out, os)
+        }
+        GgmlType::Q8_0 => {
+            panel::matmul::<DOT>(panel::Fmt::Q8_0, nb, w, ws, nrows, a, as_, ncols, out, os)
+        }
         GgmlType::Q4_0 => {
             drive!(
                 tile_q8,

@@ -6,7 +6,10 @@
 //! give the same logits as llama.cpp.
 //!
 //! [`Kernels`] is a kernel set chosen once at run time: scalar (portable reference), AVX2
-//! (+FMA+F16C) or AVX-512 (F+BW+VL, with VNNI when present). Every SIMD kernel is a register
+//! (+FMA+F16C), or the AVX2 kernels with VNNI's one-instruction int8 dot (`vpdpbusd`, from
+//! AVX-512 VNNI + VL or AVX-VNNI), which computes the same bits with fewer instructions. A VNNI
+//! set is only handed out after a start-up check that it matches AVX2 bit for bit
+//! (`self_check`). Every SIMD kernel is a register
 //! tile whose per-pair arithmetic does not depend on the tile shape, so
 //! [`Kernels::matmul_tile`] is bitwise identical to [`Kernels::vec_dot`] per pair: a request's
 //! output never depends on its batch-mates.
@@ -72,10 +75,10 @@ mod avx2;
 /// The 8-lane halving-tree sum the kernels use, for other hand-vectorized loops.
 #[cfg(target_arch = "x86_64")]
 pub(crate) use avx2::hsum8 as hsum8_avx2;
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 mod blocks;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod self_check;
 #[cfg(test)]
 mod tests;
 
@@ -124,7 +127,7 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut [u8]) {
             match kernels().level {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX2 + FMA + F16C were detected for these levels; sizes checked above.
-                SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe {
+                SimdLevel::Avx2 | SimdLevel::Vnni => unsafe {
                     avx2::panel::quantize_q8(x, out, with_sum)
                 },
                 _ => blocks::quantize_q8_0_or_1(x, out, with_sum),
@@ -170,8 +173,8 @@ pub enum SimdLevel {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F + BW + VL (using VNNI `vpdpbusd` when the CPU has it).
-    Avx512,
+    /// The AVX2 kernels with `vpdpbusd` for the int8 dot (AVX-512 VNNI + VL, or AVX-VNNI).
+    Vnni,
 }
 
 /// A kernel set chosen once at run time with `is_x86_feature_detected!`, so a binary built for
@@ -179,29 +182,33 @@ pub enum SimdLevel {
 #[derive(Debug)]
 pub struct Kernels {
     level: SimdLevel,
-    vnni: bool,
+    /// Which int8 dot instructions the x86 kernels use (`avx2::DOT_*`).
+    dot: u8,
     name: &'static str,
 }
 
 static SCALAR: Kernels = Kernels {
     level: SimdLevel::Scalar,
-    vnni: false,
+    dot: 0,
     name: "scalar",
 };
+#[cfg(target_arch = "x86_64")]
 static AVX2: Kernels = Kernels {
     level: SimdLevel::Avx2,
-    vnni: false,
+    dot: avx2::DOT_MADD,
     name: "avx2",
 };
-static AVX512: Kernels = Kernels {
-    level: SimdLevel::Avx512,
-    vnni: false,
-    name: "avx512",
-};
+#[cfg(target_arch = "x86_64")]
 static AVX512_VNNI: Kernels = Kernels {
-    level: SimdLevel::Avx512,
-    vnni: true,
+    level: SimdLevel::Vnni,
+    dot: avx2::DOT_VNNI_EVEX,
     name: "avx512-vnni",
+};
+#[cfg(target_arch = "x86_64")]
+static AVX_VNNI: Kernels = Kernels {
+    level: SimdLevel::Vnni,
+    dot: avx2::DOT_VNNI_VEX,
+    name: "avx-vnni",
 };
 
 /// A specific level if this CPU supports it (tests compare each against scalar).
@@ -216,30 +223,42 @@ pub fn kernels_for(level: SimdLevel) -> Option<&'static Kernels> {
             ok.then_some(&AVX2)
         }
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => {
-            let ok = kernels_for(SimdLevel::Avx2).is_some()
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl");
-            if !ok {
-                None
-            } else if is_x86_feature_detected!("avx512vnni") {
-                Some(&AVX512_VNNI)
-            } else {
-                Some(&AVX512)
-            }
+        SimdLevel::Vnni => {
+            let avx2 = kernels_for(SimdLevel::Avx2)?;
+            let vnni =
+                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                    &AVX512_VNNI
+                } else if is_x86_feature_detected!("avxvnni") {
+                    &AVX_VNNI
+                } else {
+                    return None;
+                };
+            // Checked once per process: a VNNI set that disagrees with AVX2 in any bit is
+            // never used (the instruction is emitted by inline assembly, see `avx2::dot_u8i8`).
+            static AGREES: OnceLock<bool> = OnceLock::new();
+            let agrees = *AGREES.get_or_init(|| {
+                let ok = self_check::same_bits(&self_check::trials(), &|t| t.run(vnni), &|t| t.run(avx2));
+                if !ok {
+                    tracing::error!(
+                        kernels = vnni.name,
+                        "VNNI kernels disagree with the AVX2 kernels on the start-up check; using AVX2"
+                    );
+                }
+                ok
+            });
+            agrees.then_some(vnni)
         }
         #[cfg(not(target_arch = "x86_64"))]
         _ => None,
     }
 }
 
-/// Best kernel set for this CPU, chosen once. `FERRUM_KERNELS=scalar|avx2|avx512` forces a
+/// Best kernel set for this CPU, chosen once. `FERRUM_KERNELS=scalar|avx2|vnni` forces a
 /// level (to compare or debug); an unknown or unsupported request falls back to the best one.
 pub fn kernels() -> &'static Kernels {
     static CHOSEN: OnceLock<&'static Kernels> = OnceLock::new();
     CHOSEN.get_or_init(|| {
-        let best = kernels_for(SimdLevel::Avx512)
+        let best = kernels_for(SimdLevel::Vnni)
             .or_else(|| kernels_for(SimdLevel::Avx2))
             .unwrap_or(&SCALAR);
         let Ok(req) = std::env::var("FERRUM_KERNELS") else {
@@ -248,7 +267,7 @@ pub fn kernels() -> &'static Kernels {
         let level = match req.trim().to_ascii_lowercase().as_str() {
             "scalar" => Some(SimdLevel::Scalar),
             "avx2" => Some(SimdLevel::Avx2),
-            "avx512" => Some(SimdLevel::Avx512),
+            "vnni" => Some(SimdLevel::Vnni),
             _ => None,
         };
         match level.and_then(kernels_for) {
@@ -267,7 +286,7 @@ impl Kernels {
         self.level
     }
 
-    /// A short name ("scalar", "avx2", "avx512", "avx512-vnni") for logs and benchmarks.
+    /// A short name ("scalar", "avx2", "avx512-vnni", "avx-vnni") for logs and benchmarks.
     pub fn name(&self) -> &'static str {
         self.name
     }
@@ -349,31 +368,21 @@ impl Kernels {
         );
         match self.level {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: this level is only handed out after its CPU features were detected; the
-            // input slices were checked and the caller vouches for the output.
-            SimdLevel::Avx2 => unsafe {
-                let o = out;
-                avx2::matmul(
-                    w_ty,
-                    n,
-                    w.as_ptr(),
-                    ws,
-                    nrows,
-                    a.as_ptr(),
-                    as_,
-                    ncols,
-                    o,
-                    out_stride,
-                )
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            SimdLevel::Avx512 => unsafe {
+            // SAFETY: these levels are only handed out after their CPU features (VNNI's
+            // included, for its `dot`) were detected; the input slices were checked and the
+            // caller vouches for the output.
+            SimdLevel::Avx2 | SimdLevel::Vnni => unsafe {
                 let (wp, ap, o) = (w.as_ptr(), a.as_ptr(), out);
-                if self.vnni {
-                    avx512::vnni::matmul(w_ty, n, wp, ws, nrows, ap, as_, ncols, o, out_stride)
-                } else {
-                    avx512::bw::matmul(w_ty, n, wp, ws, nrows, ap, as_, ncols, o, out_stride)
+                match self.dot {
+                    avx2::DOT_VNNI_EVEX => avx2::matmul::<{ avx2::DOT_VNNI_EVEX }>(
+                        w_ty, n, wp, ws, nrows, ap, as_, ncols, o, out_stride,
+                    ),
+                    avx2::DOT_VNNI_VEX => avx2::matmul::<{ avx2::DOT_VNNI_VEX }>(
+                        w_ty, n, wp, ws, nrows, ap, as_, ncols, o, out_stride,
+                    ),
+                    _ => avx2::matmul::<{ avx2::DOT_MADD }>(
+                        w_ty, n, wp, ws, nrows, ap, as_, ncols, o, out_stride,
+                    ),
                 }
             },
             _ => {
@@ -400,7 +409,7 @@ impl Kernels {
         match self.level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2 was detected for this level (AVX-512 implies it); lengths checked.
-            SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe {
+            SimdLevel::Avx2 | SimdLevel::Vnni => unsafe {
                 avx2::dot_float(GgmlType::F32, a.len(), a.as_ptr().cast(), b.as_ptr())
             },
             _ => scalar::dot_f32(a, b),
@@ -415,7 +424,7 @@ impl Kernels {
         match self.level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2 + FMA were detected for this level.
-            SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe { avx2::axpy(alpha, x, y) },
+            SimdLevel::Avx2 | SimdLevel::Vnni => unsafe { avx2::axpy(alpha, x, y) },
             _ => scalar::axpy(alpha, x, y),
         }
     }
@@ -432,7 +441,7 @@ impl Kernels {
         match self.level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: F16C was detected for this level.
-            SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe { avx2::f16_to_f32(src, dst) },
+            SimdLevel::Avx2 | SimdLevel::Vnni => unsafe { avx2::f16_to_f32(src, dst) },
             _ => scalar::f16_to_f32(src, dst),
         }
     }
@@ -449,7 +458,7 @@ impl Kernels {
         match self.level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: F16C was detected for this level.
-            SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe { avx2::f32_to_f16(src, dst) },
+            SimdLevel::Avx2 | SimdLevel::Vnni => unsafe { avx2::f32_to_f16(src, dst) },
             _ => scalar::f32_to_f16(src, dst),
         }
     }

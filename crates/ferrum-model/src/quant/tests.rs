@@ -19,7 +19,7 @@ const WEIGHT_TYPES: [GgmlType; 8] = [
     GgmlType::Q6K,
 ];
 
-/// Block counts to test, odd ones included so the two-block AVX-512 step hits its tail.
+/// Block counts to test: one, odd and even counts, more than one 4-wide row tile.
 const BLOCK_COUNTS: [usize; 5] = [1, 2, 3, 7, 13];
 
 fn f16_bytes(v: f32) -> [u8; 2] {
@@ -127,7 +127,7 @@ fn reference(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> (f64, f64) {
 
 fn simd_levels() -> Vec<&'static Kernels> {
     let mut v = Vec::new();
-    for level in [SimdLevel::Avx2, SimdLevel::Avx512] {
+    for level in [SimdLevel::Avx2, SimdLevel::Vnni] {
         match kernels_for(level) {
             Some(k) => v.push(k),
             None => eprintln!("note: {level:?} not supported on this CPU; its kernels are not run"),
@@ -517,7 +517,7 @@ fn avx2_panel_kernels_are_bitwise_equal_to_register_tiles() {
             let mut want = vec![f32::NAN; nrows * ncols];
             // SAFETY: AVX2 + FMA + F16C detected above; buffers cover every row and output.
             unsafe {
-                super::avx2::matmul(
+                super::avx2::matmul::<{ super::avx2::DOT_MADD }>(
                     ty,
                     n,
                     w.as_ptr(),
@@ -582,5 +582,78 @@ fn avx2_q8_quantizer_matches_scalar_bytes() {
         unsafe { super::avx2::panel::quantize_q8(&x, &mut simd, with_sum) };
         super::blocks::quantize_q8_0_or_1(&x, &mut scalar, with_sum);
         assert_eq!(simd, scalar, "with_sum={with_sum}");
+    }
+}
+
+/// The start-up check rejects a kernel set that is off by one bit in one output of any one
+/// trial, and accepts the reference itself: so a VNNI set that is not bitwise AVX2 is never
+/// used.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vnni_start_up_check_rejects_any_differing_bit() {
+    use super::self_check::{same_bits, trials, Trial};
+    let Some(avx2) = kernels_for(SimdLevel::Avx2) else {
+        eprintln!("skipped: no AVX2 here");
+        return;
+    };
+    let trials = trials();
+    let reference = |t: &Trial| t.run(avx2);
+    assert!(same_bits(&trials, &reference, &reference));
+    for victim in 0..trials.len() {
+        let off_by_one_bit = |t: &Trial| {
+            let mut out = t.run(avx2);
+            if std::ptr::eq(t, &trials[victim]) {
+                let last = out.len() - 1;
+                out[last] = f32::from_bits(out[last].to_bits() ^ 1);
+            }
+            out
+        };
+        assert!(
+            !same_bits(&trials, &off_by_one_bit, &reference),
+            "trial {victim}: a differing bit passed"
+        );
+    }
+    // A kernel set that sums in another order (scalar) is told apart too.
+    let scalar = kernels_for(SimdLevel::Scalar).unwrap();
+    assert!(!same_bits(&trials, &|t| t.run(scalar), &reference));
+}
+
+/// On a CPU with VNNI, its kernels equal the AVX2 kernels bit for bit on every panel shape
+/// (the start-up check covers fewer). Skipped, saying so, where the CPU has no VNNI.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vnni_kernels_are_bitwise_equal_to_avx2() {
+    let (Some(avx2), Some(vnni)) = (kernels_for(SimdLevel::Avx2), kernels_for(SimdLevel::Vnni))
+    else {
+        eprintln!("skipped: no VNNI on this CPU; its kernels are not run");
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        for (nb, nrows, ncols) in [
+            (1, 1, 1),
+            (3, 9, 2),
+            (40, 7, 3),
+            (5, 6, 8),
+            (70, 5, 11),
+            (48, 4, 17),
+        ] {
+            let n = nb * 32;
+            let at = vec_dot_type(ty);
+            let w = random_weights(ty, n, nrows, &mut rng);
+            let a = quantize_rows(at, &random_acts(n, ncols, &mut rng), n);
+            let mut got = vec![f32::NAN; nrows * ncols];
+            let mut want = vec![f32::NAN; nrows * ncols];
+            vnni.matmul_tile(ty, n, &w, nrows, &a, ncols, &mut got, nrows);
+            avx2.matmul_tile(ty, n, &w, nrows, &a, ncols, &mut want, nrows);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{} {ty:?} {nrows}x{ncols} at {i}",
+                    vnni.name()
+                );
+            }
+        }
     }
 }

@@ -29,7 +29,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
-use super::{hsum8, ld_f16, ld_f16x2, nib32, prefetch_ahead, PF_TILES};
+use super::{dot_u8i8, hsum8, ld_f16, ld_f16x2, nib32, prefetch_ahead, PF_TILES};
 
 /// Blocks whose scale products one pre-pass computes (the scratch is `8 * CHUNK` floats).
 const CHUNK: usize = 64;
@@ -52,25 +52,26 @@ thread_local! {
 
 /// Dispatches `$f::<C>` for a runtime column count 1..=8.
 macro_rules! cols_call {
-    ($f:ident, $cc:expr, $args:tt) => {
+    ($f:ident, $cc:expr, [$($x:tt)*], $args:tt) => {
         match $cc {
-            1 => $f::<1> $args,
-            2 => $f::<2> $args,
-            3 => $f::<3> $args,
-            4 => $f::<4> $args,
-            5 => $f::<5> $args,
-            6 => $f::<6> $args,
-            7 => $f::<7> $args,
-            _ => $f::<8> $args,
+            1 => $f::<1 $(, $x)*> $args,
+            2 => $f::<2 $(, $x)*> $args,
+            3 => $f::<3 $(, $x)*> $args,
+            4 => $f::<4 $(, $x)*> $args,
+            5 => $f::<5 $(, $x)*> $args,
+            6 => $f::<6 $(, $x)*> $args,
+            7 => $f::<7 $(, $x)*> $args,
+            _ => $f::<8 $(, $x)*> $args,
         }
     };
 }
 
-/// Σ over 4-byte groups of unsigned `x` times signed `y`, as 8 floats (exact integers).
+/// Σ over 4-byte groups of unsigned `x` times signed `y`, as 8 floats (exact integers), with
+/// the multiply instructions `DOT` names (see [`dot_u8i8`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_groups(x: __m256i, y: __m256i, ones: __m256i) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(x, y), ones))
+unsafe fn dot_groups<const DOT: u8>(x: __m256i, y: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(dot_u8i8::<DOT>(x, y))
 }
 
 /// Which weight format a panel kernel runs.
@@ -110,7 +111,7 @@ impl Fmt {
 /// of stride `as_`, `out` covers every written index.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(in crate::quant) unsafe fn matmul(
+pub(in crate::quant) unsafe fn matmul<const DOT: u8>(
     fmt: Fmt,
     nb: usize,
     w: *const u8,
@@ -125,11 +126,11 @@ pub(in crate::quant) unsafe fn matmul(
     if ncols == 1 {
         let mut r0 = 0;
         while r0 + 4 <= nrows {
-            gemv::<4>(fmt, nb, w.add(r0 * ws), ws, a, out.add(r0));
+            gemv::<4, DOT>(fmt, nb, w.add(r0 * ws), ws, a, out.add(r0));
             r0 += 4;
         }
         while r0 < nrows {
-            gemv::<1>(fmt, nb, w.add(r0 * ws), ws, a, out.add(r0));
+            gemv::<1, DOT>(fmt, nb, w.add(r0 * ws), ws, a, out.add(r0));
             r0 += 1;
         }
         return;
@@ -150,7 +151,7 @@ pub(in crate::quant) unsafe fn matmul(
         }
         if ncols <= SMALL_COLS {
             let pd = panel.as_ptr();
-            small_cols(
+            small_cols::<DOT>(
                 fmt,
                 nb,
                 w,
@@ -178,8 +179,10 @@ pub(in crate::quant) unsafe fn matmul(
                 for r in r0..r1 {
                     let (wr, o) = (w.add(r * ws), out.add(c0 * os + r));
                     match fmt {
-                        Fmt::Q4_1 => cols_call!(row_q4_1, cc, (nb, wr, ac, as_, pd, ps, o, os)),
-                        Fmt::Q8_0 => cols_call!(row_q8_0, cc, (nb, wr, ac, as_, pd, o, os)),
+                        Fmt::Q4_1 => {
+                            cols_call!(row_q4_1, cc, [DOT], (nb, wr, ac, as_, pd, ps, o, os))
+                        }
+                        Fmt::Q8_0 => cols_call!(row_q8_0, cc, [DOT], (nb, wr, ac, as_, pd, o, os)),
                     }
                 }
             }
@@ -239,7 +242,7 @@ unsafe fn widen_group(
 /// One Q4_1 weight row against `C` (<= 8) Q8_1 activation rows whose scales are in the panel.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_q4_1<const C: usize>(
+unsafe fn row_q4_1<const C: usize, const DOT: u8>(
     nb: usize,
     w: *const u8,
     a: *const u8,
@@ -249,7 +252,6 @@ unsafe fn row_q4_1<const C: usize>(
     out: *mut f32,
     os: usize,
 ) {
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); C];
     let mut summ = _mm256_setzero_ps();
     // Scale products of this chunk; written before read (no zeroing on the hot path).
@@ -272,7 +274,7 @@ unsafe fn row_q4_1<const C: usize>(
             for c in 0..C {
                 let aq = _mm256_loadu_si256(a.add(c * as_ + b * 36 + 4).cast());
                 let s = _mm256_set1_ps(*scp.add(i * LANES + c));
-                acc[c] = _mm256_fmadd_ps(s, dot_groups(wq, aq, ones), acc[c]);
+                acc[c] = _mm256_fmadd_ps(s, dot_groups::<DOT>(wq, aq), acc[c]);
             }
         }
         b0 += m;
@@ -287,7 +289,7 @@ unsafe fn row_q4_1<const C: usize>(
 /// One Q8_0 weight row against `C` (<= 8) Q8_0 activation rows whose scales are in the panel.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_q8_0<const C: usize>(
+unsafe fn row_q8_0<const C: usize, const DOT: u8>(
     nb: usize,
     w: *const u8,
     a: *const u8,
@@ -296,7 +298,6 @@ unsafe fn row_q8_0<const C: usize>(
     out: *mut f32,
     os: usize,
 ) {
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); C];
     // Scale products of this chunk; written before read (no zeroing on the hot path).
     let mut sc = [const { MaybeUninit::<f32>::uninit() }; LANES * CHUNK];
@@ -317,7 +318,7 @@ unsafe fn row_q8_0<const C: usize>(
             for c in 0..C {
                 let aq = _mm256_loadu_si256(a.add(c * as_ + b * 34 + 2).cast());
                 let s = _mm256_set1_ps(*scp.add(i * LANES + c));
-                let q = dot_groups(wabs, _mm256_sign_epi8(aq, wq), ones);
+                let q = dot_groups::<DOT>(wabs, _mm256_sign_epi8(aq, wq));
                 acc[c] = _mm256_fmadd_ps(s, q, acc[c]);
             }
         }
@@ -333,7 +334,7 @@ unsafe fn row_q8_0<const C: usize>(
 /// latency that a panel row with only `C` chains waits on.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn small_cols(
+unsafe fn small_cols<const DOT: u8>(
     fmt: Fmt,
     nb: usize,
     w: *const u8,
@@ -351,13 +352,16 @@ unsafe fn small_cols(
     // function pointers: the calls must inline, an indirect call per tile cost 10%.)
     macro_rules! tiles {
         ($r:literal, $c:literal, $q4:literal) => {{
+            let tile = |r0: usize| (w.add(r0 * ws), out.add(r0));
             let mut r0 = 0;
             while r0 + $r <= nrows {
-                rows_small::<$r, $c, $q4>(nb, w.add(r0 * ws), ws, a, as_, pd, ps, out.add(r0), os);
+                let (wr, o) = tile(r0);
+                rows_small::<$r, $c, $q4, DOT>(nb, wr, ws, a, as_, pd, ps, o, os);
                 r0 += $r;
             }
             while r0 < nrows {
-                rows_small::<1, $c, $q4>(nb, w.add(r0 * ws), ws, a, as_, pd, ps, out.add(r0), os);
+                let (wr, o) = tile(r0);
+                rows_small::<1, $c, $q4, DOT>(nb, wr, ws, a, as_, pd, ps, o, os);
                 r0 += 1;
             }
         }};
@@ -374,7 +378,7 @@ unsafe fn small_cols(
 /// per pair the same sequence as [`row_q4_1`] / [`row_q8_0`] (so the same bits).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool>(
+unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool, const DOT: u8>(
     nb: usize,
     w: *const u8,
     ws: usize,
@@ -385,7 +389,6 @@ unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool>(
     out: *mut f32,
     os: usize,
 ) {
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     let mut summ = [_mm256_setzero_ps(); R];
     let (wb, ab, aq_off) = if Q4 { (20, 36, 4) } else { (34, 34, 2) };
@@ -429,7 +432,7 @@ unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool>(
                     for c in 0..C {
                         let aq = _mm256_loadu_si256(a.add(c * as_ + b * ab + aq_off).cast());
                         let s = _mm256_set1_ps(*sr.add(c));
-                        acc[r][c] = _mm256_fmadd_ps(s, dot_groups(wq, aq, ones), acc[r][c]);
+                        acc[r][c] = _mm256_fmadd_ps(s, dot_groups::<DOT>(wq, aq), acc[r][c]);
                     }
                 } else {
                     let wq = _mm256_loadu_si256(p.add(2).cast());
@@ -437,7 +440,7 @@ unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool>(
                     for c in 0..C {
                         let aq = _mm256_loadu_si256(a.add(c * as_ + b * ab + aq_off).cast());
                         let s = _mm256_set1_ps(*sr.add(c));
-                        let q = dot_groups(wabs, _mm256_sign_epi8(aq, wq), ones);
+                        let q = dot_groups::<DOT>(wabs, _mm256_sign_epi8(aq, wq));
                         acc[r][c] = _mm256_fmadd_ps(s, q, acc[r][c]);
                     }
                 }
@@ -458,7 +461,7 @@ unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool>(
 
 /// `R` weight rows against one activation row (decode).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemv<const R: usize>(
+unsafe fn gemv<const R: usize, const DOT: u8>(
     fmt: Fmt,
     nb: usize,
     w: *const u8,
@@ -466,7 +469,6 @@ unsafe fn gemv<const R: usize>(
     a: *const u8,
     out: *mut f32,
 ) {
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
     // Lane 1 of each is the row's running `m_w * s_a` sum (Q4_1); lane 0 is scratch.
     let mut summ = [_mm_setzero_ps(); R];
@@ -486,7 +488,7 @@ unsafe fn gemv<const R: usize>(
                     let prod = _mm_mul_ps(wdm, ads);
                     summ[r] = _mm_add_ps(summ[r], prod);
                     let s = _mm256_broadcastss_ps(prod);
-                    acc[r] = _mm256_fmadd_ps(s, dot_groups(nib32(p.add(4)), aq, ones), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(s, dot_groups::<DOT>(nib32(p.add(4)), aq), acc[r]);
                 }
             }
             Fmt::Q8_0 => {
@@ -495,7 +497,7 @@ unsafe fn gemv<const R: usize>(
                     let p = w.add(r * ws + b * wb);
                     let s = _mm256_set1_ps(ld_f16(p) * ad);
                     let wq = _mm256_loadu_si256(p.add(2).cast());
-                    let q = dot_groups(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq), ones);
+                    let q = dot_groups::<DOT>(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
                     acc[r] = _mm256_fmadd_ps(s, q, acc[r]);
                 }
             }
