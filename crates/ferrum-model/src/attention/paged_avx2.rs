@@ -401,4 +401,72 @@ mod tests {
             }
         }
     }
+    /// Time of one decode attention call (gather + attend) of 3 query heads over contexts of
+    /// 100-2000 positions, best of 5 (the machine may be shared):
+    /// `cargo test -p ferrum-model --lib --release paged_avx2::tests::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_decode_attention() {
+        if !ok() {
+            eprintln!("skipped: no AVX2+FMA+F16C here");
+            return;
+        }
+        let kernels = crate::quant::kernels();
+        let hd = 64;
+        let shape = KvShape {
+            n_layers: 1,
+            n_kv_heads: 1,
+            head_dim: hd,
+        };
+        let (bs, n_blocks) = (16, 128);
+        let mut kv = KvCache::new(shape, n_blocks, bs).unwrap();
+        let table: Vec<u32> = (0..n_blocks as u32).map(|i| (i * 29 + 7) % 128).collect();
+        let mut seed = 1u64;
+        for pos in 0..bs * n_blocks {
+            let k: Vec<f32> = (0..hd).map(|_| noise(&mut seed)).collect();
+            let v: Vec<f32> = (0..hd).map(|_| noise(&mut seed)).collect();
+            kv.store(0, &table, pos, &k, &v);
+        }
+        let n_rep = 3;
+        let q: Vec<f32> = (0..n_rep * hd).map(|_| noise(&mut seed)).collect();
+        let mut out = vec![0f32; n_rep * hd];
+        let mut s = AttnScratch::default();
+        for n_ctx in [100usize, 600, 2000] {
+            let t = AttnTarget {
+                kv: &kv,
+                layer: 0,
+                kv_head: 0,
+                block_table: &table,
+                n_ctx,
+            };
+            let iters = 2000;
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t0 = std::time::Instant::now();
+                for _ in 0..iters {
+                    // SAFETY: features checked above; slices sized n_rep * hd.
+                    unsafe {
+                        gather(&t, &mut s);
+                        attend_gathered(
+                            kernels,
+                            hd,
+                            &q,
+                            n_rep,
+                            0.125,
+                            Arith::Decode,
+                            n_ctx,
+                            &mut s,
+                            &mut out,
+                        );
+                    }
+                }
+                best = best.min(t0.elapsed().as_secs_f64() / iters as f64);
+            }
+            eprintln!(
+                "n_ctx {n_ctx:>5}: {:7.2} us per call, {:5.2} ns per position",
+                best * 1e6,
+                best * 1e9 / n_ctx as f64
+            );
+        }
+    }
 }
