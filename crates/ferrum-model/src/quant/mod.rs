@@ -225,24 +225,16 @@ pub fn kernels_for(level: SimdLevel) -> Option<&'static Kernels> {
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Vnni => {
             let avx2 = kernels_for(SimdLevel::Avx2)?;
-            let vnni =
-                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-                    &AVX512_VNNI
-                } else if is_x86_feature_detected!("avxvnni") {
-                    &AVX_VNNI
-                } else {
-                    return None;
-                };
+            let vnni = vnni_candidate()?;
             // Checked once per process: a VNNI set that disagrees with AVX2 in any bit is
             // never used (the instruction is emitted by inline assembly, see `avx2::dot_u8i8`).
             static AGREES: OnceLock<bool> = OnceLock::new();
             let agrees = *AGREES.get_or_init(|| {
-                let ok = self_check::same_bits(&self_check::trials(), &|t| t.run(vnni), &|t| t.run(avx2));
+                let trials = self_check::trials();
+                let ok = self_check::same_bits(&trials, &|t| t.run(vnni), &|t| t.run(avx2));
                 if !ok {
-                    tracing::error!(
-                        kernels = vnni.name,
-                        "VNNI kernels disagree with the AVX2 kernels on the start-up check; using AVX2"
-                    );
+                    let msg = "VNNI kernels disagree with AVX2 on the start-up check; using AVX2";
+                    tracing::error!(kernels = vnni.name, "{msg}");
                 }
                 ok
             });
@@ -250,6 +242,20 @@ pub fn kernels_for(level: SimdLevel) -> Option<&'static Kernels> {
         }
         #[cfg(not(target_arch = "x86_64"))]
         _ => None,
+    }
+}
+
+/// The VNNI kernel set this CPU's features allow (AVX-512 VNNI + VL, else AVX-VNNI), before
+/// the start-up check that [`kernels_for`] adds.
+#[cfg(target_arch = "x86_64")]
+fn vnni_candidate() -> Option<&'static Kernels> {
+    kernels_for(SimdLevel::Avx2)?;
+    if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+        Some(&AVX512_VNNI)
+    } else if is_x86_feature_detected!("avxvnni") {
+        Some(&AVX_VNNI)
+    } else {
+        None
     }
 }
 
