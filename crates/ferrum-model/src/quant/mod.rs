@@ -9,10 +9,11 @@
 //! (+FMA+F16C), or the AVX2 kernels with VNNI's one-instruction int8 dot (`vpdpbusd`, from
 //! AVX-512 VNNI + VL or AVX-VNNI), which computes the same bits with fewer instructions. A VNNI
 //! set is only handed out after a start-up check that it matches AVX2 bit for bit
-//! (`self_check`). Every SIMD kernel is a register
-//! tile whose per-pair arithmetic does not depend on the tile shape, so
-//! [`Kernels::matmul_tile`] is bitwise identical to [`Kernels::vec_dot`] per pair: a request's
-//! output never depends on its batch-mates.
+//! (`self_check`).
+//!
+//! Every SIMD kernel is a register tile whose per-pair arithmetic does not depend on the tile
+//! shape, so [`Kernels::matmul_tile`] is bitwise identical to [`Kernels::vec_dot`] per pair: a
+//! request's output never depends on its batch-mates.
 
 use std::sync::OnceLock;
 
