@@ -344,6 +344,30 @@ mod tests {
         }
     }
 
+    /// A pool of `n_blocks` blocks of 16 positions, every position of `layer` filled with noise
+    /// (K then V, all heads) through a scattered block table, as a long-running pool hands
+    /// out. Returns the pool and the table.
+    fn scattered_kv(
+        shape: KvShape,
+        n_blocks: usize,
+        layer: usize,
+        seed: &mut u64,
+    ) -> (KvCache, Vec<u32>) {
+        let bs = 16;
+        let mut kv = KvCache::new(shape, n_blocks, bs).unwrap();
+        // 29 shares no factor with the block counts used here, so this is a permutation.
+        let table: Vec<u32> = (0..n_blocks as u32)
+            .map(|i| (i * 29 + 7) % n_blocks as u32)
+            .collect();
+        let kvd = shape.n_kv_heads * shape.head_dim;
+        for pos in 0..bs * n_blocks {
+            let k: Vec<f32> = (0..kvd).map(|_| noise(seed)).collect();
+            let v: Vec<f32> = (0..kvd).map(|_| noise(seed)).collect();
+            kv.store(layer, &table, pos, &k, &v);
+        }
+        (kv, table)
+    }
+
     #[test]
     fn paged_avx2_attention_is_bitwise_the_portable_body() {
         if !ok() {
@@ -357,16 +381,8 @@ mod tests {
                 n_kv_heads: 2,
                 head_dim: hd,
             };
-            let (bs, n_blocks) = (16, 48);
-            let mut kv = KvCache::new(shape, n_blocks, bs).unwrap();
-            // A scattered block table, as a long-running pool hands out.
-            let table: Vec<u32> = (0..n_blocks as u32).map(|i| (i * 29 + 7) % 48).collect();
             let mut seed = hd as u64;
-            for pos in 0..bs * n_blocks {
-                let k: Vec<f32> = (0..2 * hd).map(|_| noise(&mut seed)).collect();
-                let v: Vec<f32> = (0..2 * hd).map(|_| noise(&mut seed)).collect();
-                kv.store(1, &table, pos, &k, &v);
-            }
+            let (kv, table) = scattered_kv(shape, 48, 1, &mut seed);
             let n_rep = 3;
             let q: Vec<f32> = (0..n_rep * hd).map(|_| noise(&mut seed) * 3.0).collect();
             for n_ctx in [1usize, 5, 16, 17, 63, 64, 65, 130, 700] {
@@ -401,6 +417,7 @@ mod tests {
             }
         }
     }
+
     /// Time of one decode attention call (gather + attend) of 3 query heads over contexts of
     /// 100-2000 positions, best of 5 (the machine may be shared):
     /// `cargo test -p ferrum-model --lib --release paged_avx2::tests::bench -- --ignored --nocapture`.
@@ -418,15 +435,8 @@ mod tests {
             n_kv_heads: 1,
             head_dim: hd,
         };
-        let (bs, n_blocks) = (16, 128);
-        let mut kv = KvCache::new(shape, n_blocks, bs).unwrap();
-        let table: Vec<u32> = (0..n_blocks as u32).map(|i| (i * 29 + 7) % 128).collect();
         let mut seed = 1u64;
-        for pos in 0..bs * n_blocks {
-            let k: Vec<f32> = (0..hd).map(|_| noise(&mut seed)).collect();
-            let v: Vec<f32> = (0..hd).map(|_| noise(&mut seed)).collect();
-            kv.store(0, &table, pos, &k, &v);
-        }
+        let (kv, table) = scattered_kv(shape, 128, 0, &mut seed);
         let n_rep = 3;
         let q: Vec<f32> = (0..n_rep * hd).map(|_| noise(&mut seed)).collect();
         let mut out = vec![0f32; n_rep * hd];

@@ -485,6 +485,22 @@ fn bench_default_model_matmuls() {
     }
 }
 
+/// (blocks, weight rows, activation rows) reaching every panel-kernel path: one column
+/// (decode), 2-3 columns (the small-column kernel, with row remainders and a scale-chunk
+/// boundary), partial panels, several panels, and rows longer than one scale chunk.
+#[cfg(target_arch = "x86_64")]
+const PANEL_SHAPES: [(usize, usize, usize); 9] = [
+    (1, 1, 1),
+    (3, 7, 1),
+    (18, 9, 2),
+    (3, 9, 2),
+    (40, 7, 3),
+    (33, 5, 3),
+    (5, 6, 8),
+    (70, 5, 11),
+    (48, 4, 17),
+];
+
 /// The panel kernels (Q4_1, Q8_0 on AVX2) must compute exactly what the square register tiles
 /// computed (those reproduced llama.cpp's logits bit for bit), for every shape: one column
 /// (decode), 2-3 columns (the small-column kernel, with row remainders), partial panels,
@@ -498,16 +514,7 @@ fn avx2_panel_kernels_are_bitwise_equal_to_register_tiles() {
     }
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
-        for (nb, nrows, ncols) in [
-            (1, 1, 1),
-            (3, 7, 1),
-            (18, 9, 2),
-            (40, 7, 3),
-            (33, 5, 3),
-            (5, 6, 8),
-            (70, 5, 11),
-            (48, 4, 17),
-        ] {
+        for (nb, nrows, ncols) in PANEL_SHAPES {
             let n = nb * 32;
             let at = vec_dot_type(ty);
             let (ws, as_) = (row_bytes(ty, n), row_bytes(at, n));
@@ -633,14 +640,7 @@ fn vnni_kernels_are_bitwise_equal_to_avx2() {
         .expect("this CPU has VNNI, but its kernels failed the start-up check against AVX2");
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
-        for (nb, nrows, ncols) in [
-            (1, 1, 1),
-            (3, 9, 2),
-            (40, 7, 3),
-            (5, 6, 8),
-            (70, 5, 11),
-            (48, 4, 17),
-        ] {
+        for (nb, nrows, ncols) in PANEL_SHAPES {
             let n = nb * 32;
             let at = vec_dot_type(ty);
             let w = random_weights(ty, n, nrows, &mut rng);
