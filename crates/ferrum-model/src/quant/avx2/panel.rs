@@ -17,6 +17,11 @@
 //! - **One activation row** (decode): 4 weight rows at a time; each row's `(d, m)` pair is
 //!   multiplied by the activation's `(d, s)` in one 2-lane multiply.
 //!
+//! With two or more activation rows, their quants are first copied into an aligned per-thread
+//! buffer, one 32-byte vector per (block, row): in the 36- and 34-byte activation blocks half
+//! of the inner loop's quant loads straddle a cache line. The copy is a few KiB per call and
+//! measured 3-9% faster per product (in-process A/B, 21 alternations per shape).
+//!
 //! Every (weight row, activation row) pair still runs ggml's exact sequence: 8-lane
 //! accumulators `acc = fma(d_w * d_a, float(int dot of 4-byte groups), acc)` in block order,
 //! `summ = summ + m_w * s_a` (Q4_1) in block order, then `hsum8(acc) + summ`. So the results are
@@ -48,6 +53,10 @@ thread_local! {
     /// Per-thread activation scale panel, grown on first use and then reused, so the step
     /// loop does not allocate.
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread copy of the activation quants, `[group][block][lane]` one aligned 32-byte
+    /// vector each: the 36- and 34-byte activation blocks put half of the quant loads across
+    /// a cache line, which costs the inner loop a second load slot each time.
+    static QUANTS: RefCell<Vec<__m256i>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Dispatches `$f::<C>` for a runtime column count 1..=8.
@@ -136,58 +145,72 @@ pub(in crate::quant) unsafe fn matmul<const DOT: u8>(
         return;
     }
     PANEL.with(|panel| {
-        let mut panel = panel.borrow_mut();
-        let groups = ncols.div_ceil(LANES);
-        let per_group = 2 * LANES * nb;
-        if panel.len() < groups * per_group {
-            panel.resize(groups * per_group, 0.0);
-        }
-        // Widen every activation row's block scales once for all weight rows: group `g` holds
-        // `d` then `s` (Q4_1) as `[block][lane]` for columns `8g..8g + 8`, zero past `ncols`.
-        for g in 0..groups {
-            let (pd, ps) = panel[g * per_group..(g + 1) * per_group].split_at_mut(LANES * nb);
-            let cc = (ncols - g * LANES).min(LANES);
-            widen_group(fmt, nb, a.add(g * LANES * as_), as_, cc, pd, ps);
-        }
-        if ncols <= SMALL_COLS {
-            let pd = panel.as_ptr();
-            small_cols::<DOT>(
-                fmt,
-                nb,
-                w,
-                ws,
-                nrows,
-                a,
-                as_,
-                ncols,
-                pd,
-                pd.add(LANES * nb),
-                out,
-                os,
-            );
-            return;
-        }
-        // Row tiles small enough to stay in L1 while every column group passes over them.
-        let mut r0 = 0;
-        while r0 < nrows {
-            let r1 = (r0 + ROW_TILE).min(nrows);
+        QUANTS.with(|quants| {
+            let mut panel = panel.borrow_mut();
+            let mut quants = quants.borrow_mut();
+            let groups = ncols.div_ceil(LANES);
+            let per_group = 2 * LANES * nb;
+            if panel.len() < groups * per_group {
+                panel.resize(groups * per_group, 0.0);
+            }
+            if quants.len() < groups * LANES * nb {
+                quants.resize(groups * LANES * nb, _mm256_setzero_si256());
+            }
+            // Widen every activation row's block scales once for all weight rows: group `g` holds
+            // `d` then `s` (Q4_1) as `[block][lane]` for columns `8g..8g + 8`, zero past `ncols`.
             for g in 0..groups {
-                let (c0, cc) = (g * LANES, (ncols - g * LANES).min(LANES));
-                let pd = panel.as_ptr().add(g * per_group);
-                let ps = pd.add(LANES * nb);
-                let ac = a.add(c0 * as_);
-                for r in r0..r1 {
-                    let (wr, o) = (w.add(r * ws), out.add(c0 * os + r));
-                    match fmt {
-                        Fmt::Q4_1 => {
-                            cols_call!(row_q4_1, cc, [DOT], (nb, wr, ac, as_, pd, ps, o, os))
-                        }
-                        Fmt::Q8_0 => cols_call!(row_q8_0, cc, [DOT], (nb, wr, ac, as_, pd, o, os)),
+                let (pd, ps) = panel[g * per_group..(g + 1) * per_group].split_at_mut(LANES * nb);
+                let cc = (ncols - g * LANES).min(LANES);
+                let ag = a.add(g * LANES * as_);
+                widen_group(fmt, nb, ag, as_, cc, pd, ps);
+                let qg = quants.as_mut_ptr().add(g * LANES * nb);
+                for b in 0..nb {
+                    for l in 0..cc {
+                        let src = ag.add(l * as_ + b * fmt.a_block() + fmt.a_q());
+                        *qg.add(b * LANES + l) = _mm256_loadu_si256(src.cast());
                     }
                 }
             }
-            r0 = r1;
-        }
+            if ncols <= SMALL_COLS {
+                let pd = panel.as_ptr();
+                let aq = quants.as_ptr();
+                small_cols::<DOT>(
+                    fmt,
+                    nb,
+                    w,
+                    ws,
+                    nrows,
+                    aq,
+                    ncols,
+                    pd,
+                    pd.add(LANES * nb),
+                    out,
+                    os,
+                );
+                return;
+            }
+            // Row tiles small enough to stay in L1 while every column group passes over them.
+            let mut r0 = 0;
+            while r0 < nrows {
+                let r1 = (r0 + ROW_TILE).min(nrows);
+                for g in 0..groups {
+                    let (c0, cc) = (g * LANES, (ncols - g * LANES).min(LANES));
+                    let pd = panel.as_ptr().add(g * per_group);
+                    let ps = pd.add(LANES * nb);
+                    let aq = quants.as_ptr().add(g * LANES * nb);
+                    for r in r0..r1 {
+                        let (wr, o) = (w.add(r * ws), out.add(c0 * os + r));
+                        match fmt {
+                            Fmt::Q4_1 => {
+                                cols_call!(row_q4_1, cc, [DOT], (nb, wr, aq, pd, ps, o, os))
+                            }
+                            Fmt::Q8_0 => cols_call!(row_q8_0, cc, [DOT], (nb, wr, aq, pd, o, os)),
+                        }
+                    }
+                }
+                r0 = r1;
+            }
+        })
     });
 }
 
@@ -245,8 +268,7 @@ unsafe fn widen_group(
 unsafe fn row_q4_1<const C: usize, const DOT: u8>(
     nb: usize,
     w: *const u8,
-    a: *const u8,
-    as_: usize,
+    aq: *const __m256i,
     pd: *const f32,
     ps: *const f32,
     out: *mut f32,
@@ -272,9 +294,9 @@ unsafe fn row_q4_1<const C: usize, const DOT: u8>(
             let b = b0 + i;
             let wq = nib32(w.add(b * 20 + 4));
             for c in 0..C {
-                let aq = _mm256_loadu_si256(a.add(c * as_ + b * 36 + 4).cast());
+                let q = _mm256_load_si256(aq.add(b * LANES + c));
                 let s = _mm256_set1_ps(*scp.add(i * LANES + c));
-                acc[c] = _mm256_fmadd_ps(s, dot_groups::<DOT>(wq, aq), acc[c]);
+                acc[c] = _mm256_fmadd_ps(s, dot_groups::<DOT>(wq, q), acc[c]);
             }
         }
         b0 += m;
@@ -292,8 +314,7 @@ unsafe fn row_q4_1<const C: usize, const DOT: u8>(
 unsafe fn row_q8_0<const C: usize, const DOT: u8>(
     nb: usize,
     w: *const u8,
-    a: *const u8,
-    as_: usize,
+    aq: *const __m256i,
     pd: *const f32,
     out: *mut f32,
     os: usize,
@@ -316,9 +337,9 @@ unsafe fn row_q8_0<const C: usize, const DOT: u8>(
             let wq = _mm256_loadu_si256(w.add(b * 34 + 2).cast());
             let wabs = _mm256_sign_epi8(wq, wq);
             for c in 0..C {
-                let aq = _mm256_loadu_si256(a.add(c * as_ + b * 34 + 2).cast());
+                let a = _mm256_load_si256(aq.add(b * LANES + c));
                 let s = _mm256_set1_ps(*scp.add(i * LANES + c));
-                let q = dot_groups::<DOT>(wabs, _mm256_sign_epi8(aq, wq));
+                let q = dot_groups::<DOT>(wabs, _mm256_sign_epi8(a, wq));
                 acc[c] = _mm256_fmadd_ps(s, q, acc[c]);
             }
         }
@@ -340,8 +361,7 @@ unsafe fn small_cols<const DOT: u8>(
     w: *const u8,
     ws: usize,
     nrows: usize,
-    a: *const u8,
-    as_: usize,
+    aq: *const __m256i,
     ncols: usize,
     pd: *const f32,
     ps: *const f32,
@@ -356,12 +376,12 @@ unsafe fn small_cols<const DOT: u8>(
             let mut r0 = 0;
             while r0 + $r <= nrows {
                 let (wr, o) = tile(r0);
-                rows_small::<$r, $c, $q4, DOT>(nb, wr, ws, a, as_, pd, ps, o, os);
+                rows_small::<$r, $c, $q4, DOT>(nb, wr, ws, aq, pd, ps, o, os);
                 r0 += $r;
             }
             while r0 < nrows {
                 let (wr, o) = tile(r0);
-                rows_small::<1, $c, $q4, DOT>(nb, wr, ws, a, as_, pd, ps, o, os);
+                rows_small::<1, $c, $q4, DOT>(nb, wr, ws, aq, pd, ps, o, os);
                 r0 += 1;
             }
         }};
@@ -382,8 +402,7 @@ unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool, const DOT: 
     nb: usize,
     w: *const u8,
     ws: usize,
-    a: *const u8,
-    as_: usize,
+    aq: *const __m256i,
     pd: *const f32,
     ps: *const f32,
     out: *mut f32,
@@ -391,7 +410,7 @@ unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool, const DOT: 
 ) {
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     let mut summ = [_mm256_setzero_ps(); R];
-    let (wb, ab, aq_off) = if Q4 { (20, 36, 4) } else { (34, 34, 2) };
+    let wb = if Q4 { 20 } else { 34 };
     let pf = w.wrapping_add(PF_TILES * R * ws);
     // Scale products of a chunk, `[block][row][lane]`: written by the pre-pass, then read back
     // by broadcast loads (a register broadcast would take the one shuffle pipe).
@@ -430,17 +449,17 @@ unsafe fn rows_small<const R: usize, const C: usize, const Q4: bool, const DOT: 
                 if Q4 {
                     let wq = nib32(p.add(4));
                     for c in 0..C {
-                        let aq = _mm256_loadu_si256(a.add(c * as_ + b * ab + aq_off).cast());
+                        let q = _mm256_load_si256(aq.add(b * LANES + c));
                         let s = _mm256_set1_ps(*sr.add(c));
-                        acc[r][c] = _mm256_fmadd_ps(s, dot_groups::<DOT>(wq, aq), acc[r][c]);
+                        acc[r][c] = _mm256_fmadd_ps(s, dot_groups::<DOT>(wq, q), acc[r][c]);
                     }
                 } else {
                     let wq = _mm256_loadu_si256(p.add(2).cast());
                     let wabs = _mm256_sign_epi8(wq, wq);
                     for c in 0..C {
-                        let aq = _mm256_loadu_si256(a.add(c * as_ + b * ab + aq_off).cast());
+                        let a = _mm256_load_si256(aq.add(b * LANES + c));
                         let s = _mm256_set1_ps(*sr.add(c));
-                        let q = dot_groups::<DOT>(wabs, _mm256_sign_epi8(aq, wq));
+                        let q = dot_groups::<DOT>(wabs, _mm256_sign_epi8(a, wq));
                         acc[r][c] = _mm256_fmadd_ps(s, q, acc[r][c]);
                     }
                 }
