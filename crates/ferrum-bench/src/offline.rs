@@ -68,6 +68,21 @@ pub struct OfflineReport {
     pub spec_drafted: u64,
     /// Speculative decoding: drafted tokens accepted.
     pub spec_accepted: u64,
+    /// Mean time from the run's start to each request's first token (queueing included).
+    pub ttft_mean_s: f64,
+    /// Tokens after each request's first over the time between its first and last token,
+    /// summed over requests: the generation speed without prompt processing, as llama.cpp
+    /// reports it (`predicted_per_second`, llama-bench `tg`). At `--max-running 1` it is the
+    /// single-stream decode speed that speculative decoding changes.
+    pub decode_tokens_per_s: f64,
+}
+
+/// First and last token times and token count of one request.
+#[derive(Clone, Copy)]
+struct TokenTimes {
+    first: Instant,
+    last: Instant,
+    tokens: u64,
 }
 
 fn per_s(x: f64, secs: f64) -> f64 {
@@ -118,11 +133,22 @@ pub fn run_offline<R: ModelRunner>(
         index_of.insert(id, index);
     }
     let (mut finished, mut output_tokens, mut seqs) = (0usize, 0u64, 0u64);
+    let mut times = std::collections::HashMap::<RequestId, TokenTimes>::with_capacity(reqs.len());
     while engine.has_work() {
         seqs += engine.step().seqs as u64;
+        let now = Instant::now();
         for (id, ev) in engine.drain_events() {
             match ev {
-                Event::Token { .. } => output_tokens += 1,
+                Event::Token { .. } => {
+                    output_tokens += 1;
+                    let t = times.entry(id).or_insert(TokenTimes {
+                        first: now,
+                        last: now,
+                        tokens: 0,
+                    });
+                    t.last = now;
+                    t.tokens += 1;
+                }
                 Event::Finished {
                     reason: FinishReason::Error(msg),
                     ..
@@ -141,6 +167,15 @@ pub fn run_offline<R: ModelRunner>(
     let cache_hit_tokens = after.cache_hit_tokens - before.cache_hit_tokens;
     let steps = after.steps - before.steps;
     let (sb, sa) = (before.spec.sum(), after.spec.sum());
+    let ttft_sum: f64 = times
+        .values()
+        .map(|t| (t.first - start).as_secs_f64())
+        .sum();
+    let decode_tokens: u64 = times.values().map(|t| t.tokens - 1).sum();
+    let decode_secs: f64 = times
+        .values()
+        .map(|t| (t.last - t.first).as_secs_f64())
+        .sum();
     Ok(OfflineReport {
         requests: finished,
         elapsed_s: secs,
@@ -167,6 +202,8 @@ pub fn run_offline<R: ModelRunner>(
         spec_verifications: sa.verifications - sb.verifications,
         spec_drafted: sa.drafted - sb.drafted,
         spec_accepted: sa.accepted - sb.accepted,
+        ttft_mean_s: ttft_sum / times.len().max(1) as f64,
+        decode_tokens_per_s: per_s(decode_tokens as f64, decode_secs),
     })
 }
 
@@ -223,6 +260,26 @@ mod tests {
         assert!(calls > 0);
         assert!(rep.steps > 0 && rep.mean_batch_seqs > 1.0, "{rep:?}");
         assert!(rep.output_tokens_per_s > 0.0);
+    }
+
+    #[test]
+    fn decode_speed_leaves_out_each_first_token() {
+        let reqs = workload();
+        let rep = run_offline(
+            &mut engine(true, 1),
+            &reqs,
+            &OfflineOptions::default(),
+            |_, _| {},
+        )
+        .unwrap();
+        // One request at a time: the 10 decode spans (6 tokens each after the first) do not
+        // overlap and lie inside the run, and the run also holds the 10 prefills.
+        assert_eq!(rep.output_tokens, 70);
+        assert!(rep.decode_tokens_per_s >= 60.0 / rep.elapsed_s, "{rep:?}");
+        assert!(
+            rep.ttft_mean_s > 0.0 && rep.ttft_mean_s <= rep.elapsed_s,
+            "{rep:?}"
+        );
     }
 
     #[test]

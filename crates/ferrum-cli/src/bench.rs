@@ -242,6 +242,10 @@ fn print_report(a: &OfflineArgs, r: &OfflineReport) {
         r.output_tokens_per_s, r.output_tokens
     );
     println!("total tokens/s       {:.1}", r.total_tokens_per_s);
+    println!(
+        "decode tokens/s      {:.1}  (after each request's first token; mean TTFT {:.3} s)",
+        r.decode_tokens_per_s, r.ttft_mean_s
+    );
     println!("prefill computed     {} tokens", r.prefill_tokens_computed);
     println!(
         "prefix cache hits    {} tokens ({:.1}% of input)",
