@@ -49,14 +49,24 @@ const SMALL_MAX_ROWS: usize = 4;
 /// Blocks whose scale products one [`rows_small`] pre-pass computes.
 const SMALL_CHUNK: usize = 32;
 
+/// Per-thread copies of the activation rows for the multi-row kernels, grown on first use and
+/// then reused, so the step loop does not allocate.
+struct Panel {
+    /// Block scales as f32, `[group][d or s][block][lane]`.
+    scales: Vec<f32>,
+    /// Quants, `[group][block][lane]`, one aligned 32-byte vector each: the 36- and 34-byte
+    /// activation blocks put half of the quant loads across a cache line, which costs the
+    /// inner loop a second load slot each time.
+    quants: Vec<__m256i>,
+}
+
 thread_local! {
-    /// Per-thread activation scale panel, grown on first use and then reused, so the step
-    /// loop does not allocate.
-    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Per-thread copy of the activation quants, `[group][block][lane]` one aligned 32-byte
-    /// vector each: the 36- and 34-byte activation blocks put half of the quant loads across
-    /// a cache line, which costs the inner loop a second load slot each time.
-    static QUANTS: RefCell<Vec<__m256i>> = const { RefCell::new(Vec::new()) };
+    static PANEL: RefCell<Panel> = const {
+        RefCell::new(Panel {
+            scales: Vec::new(),
+            quants: Vec::new(),
+        })
+    };
 }
 
 /// Dispatches `$f::<C>` for a runtime column count 1..=8.
@@ -145,82 +155,72 @@ pub(in crate::quant) unsafe fn matmul<const DOT: u8>(
         return;
     }
     PANEL.with(|panel| {
-        QUANTS.with(|quants| {
-            let mut panel = panel.borrow_mut();
-            let mut quants = quants.borrow_mut();
-            let groups = ncols.div_ceil(LANES);
-            let per_group = 2 * LANES * nb;
-            if panel.len() < groups * per_group {
-                panel.resize(groups * per_group, 0.0);
-            }
-            if quants.len() < groups * LANES * nb {
-                quants.resize(groups * LANES * nb, _mm256_setzero_si256());
-            }
-            // Widen every activation row's block scales once for all weight rows: group `g` holds
-            // `d` then `s` (Q4_1) as `[block][lane]` for columns `8g..8g + 8`, zero past `ncols`.
+        let Panel { scales, quants } = &mut *panel.borrow_mut();
+        let groups = ncols.div_ceil(LANES);
+        let per_group = 2 * LANES * nb;
+        if scales.len() < groups * per_group {
+            scales.resize(groups * per_group, 0.0);
+        }
+        if quants.len() < groups * LANES * nb {
+            quants.resize(groups * LANES * nb, _mm256_setzero_si256());
+        }
+        // Copy every activation row once for all weight rows: group `g` holds the scales `d`
+        // then `s` (Q4_1) as `[block][lane]` for columns `8g..8g + 8` (zero past `ncols`), and
+        // the quants as `[block][lane]`.
+        for g in 0..groups {
+            let (pd, ps) = scales[g * per_group..(g + 1) * per_group].split_at_mut(LANES * nb);
+            let qg = &mut quants[g * LANES * nb..(g + 1) * LANES * nb];
+            let cc = (ncols - g * LANES).min(LANES);
+            widen_group(fmt, nb, a.add(g * LANES * as_), as_, cc, pd, ps, qg);
+        }
+        if ncols <= SMALL_COLS {
+            let (pd, aq) = (scales.as_ptr(), quants.as_ptr());
+            small_cols::<DOT>(
+                fmt,
+                nb,
+                w,
+                ws,
+                nrows,
+                aq,
+                ncols,
+                pd,
+                pd.add(LANES * nb),
+                out,
+                os,
+            );
+            return;
+        }
+        // Row tiles small enough to stay in L1 while every column group passes over them.
+        let mut r0 = 0;
+        while r0 < nrows {
+            let r1 = (r0 + ROW_TILE).min(nrows);
             for g in 0..groups {
-                let (pd, ps) = panel[g * per_group..(g + 1) * per_group].split_at_mut(LANES * nb);
-                let cc = (ncols - g * LANES).min(LANES);
-                let ag = a.add(g * LANES * as_);
-                widen_group(fmt, nb, ag, as_, cc, pd, ps);
-                let qg = quants.as_mut_ptr().add(g * LANES * nb);
-                for b in 0..nb {
-                    for l in 0..cc {
-                        let src = ag.add(l * as_ + b * fmt.a_block() + fmt.a_q());
-                        *qg.add(b * LANES + l) = _mm256_loadu_si256(src.cast());
+                let (c0, cc) = (g * LANES, (ncols - g * LANES).min(LANES));
+                let pd = scales.as_ptr().add(g * per_group);
+                let ps = pd.add(LANES * nb);
+                let aq = quants.as_ptr().add(g * LANES * nb);
+                for r in r0..r1 {
+                    let (wr, o) = (w.add(r * ws), out.add(c0 * os + r));
+                    match fmt {
+                        Fmt::Q4_1 => cols_call!(row_q4_1, cc, [DOT], (nb, wr, aq, pd, ps, o, os)),
+                        Fmt::Q8_0 => cols_call!(row_q8_0, cc, [DOT], (nb, wr, aq, pd, o, os)),
                     }
                 }
             }
-            if ncols <= SMALL_COLS {
-                let pd = panel.as_ptr();
-                let aq = quants.as_ptr();
-                small_cols::<DOT>(
-                    fmt,
-                    nb,
-                    w,
-                    ws,
-                    nrows,
-                    aq,
-                    ncols,
-                    pd,
-                    pd.add(LANES * nb),
-                    out,
-                    os,
-                );
-                return;
-            }
-            // Row tiles small enough to stay in L1 while every column group passes over them.
-            let mut r0 = 0;
-            while r0 < nrows {
-                let r1 = (r0 + ROW_TILE).min(nrows);
-                for g in 0..groups {
-                    let (c0, cc) = (g * LANES, (ncols - g * LANES).min(LANES));
-                    let pd = panel.as_ptr().add(g * per_group);
-                    let ps = pd.add(LANES * nb);
-                    let aq = quants.as_ptr().add(g * LANES * nb);
-                    for r in r0..r1 {
-                        let (wr, o) = (w.add(r * ws), out.add(c0 * os + r));
-                        match fmt {
-                            Fmt::Q4_1 => {
-                                cols_call!(row_q4_1, cc, [DOT], (nb, wr, aq, pd, ps, o, os))
-                            }
-                            Fmt::Q8_0 => cols_call!(row_q8_0, cc, [DOT], (nb, wr, aq, pd, o, os)),
-                        }
-                    }
-                }
-                r0 = r1;
-            }
-        })
+            r0 = r1;
+        }
     });
 }
 
-/// Widens the block scales of `cc` (<= 8) activation rows starting at `a` into one panel
-/// group: per block, one masked gather of the rows' leading 4 bytes (`d`, and `s` for Q8_1),
-/// then F16C, so `pd[b * 8 + l]` / `ps[b * 8 + l]` hold row `l`'s values (0 for `l >= cc`, and
-/// `ps` all 0 for Q8_0). The same conversions as `ld_f16x2` / `ld_f16`, so the same floats.
+/// Copies `cc` (<= 8) activation rows starting at `a` into one panel group. Scales: per block,
+/// one masked gather of the rows' leading 4 bytes (`d`, and `s` for Q8_1), then F16C, so
+/// `pd[b * 8 + l]` / `ps[b * 8 + l]` hold row `l`'s values (0 for `l >= cc`, and `ps` all 0 for
+/// Q8_0); the same conversions as `ld_f16x2` / `ld_f16`, so the same floats. Quants: row `l`'s
+/// block `b` to `q[b * 8 + l]` (left as they were for `l >= cc`).
 ///
-/// Safety: AVX2 + FMA + F16C; `a` covers `cc` rows of stride `as_` (`8 * as_` < 2^31), and
-/// `pd`, `ps` hold `8 * nb` floats.
+/// Safety: AVX2 + FMA + F16C; `a` covers `cc` rows of stride `as_` (`8 * as_` < 2^31), `pd`
+/// and `ps` hold `8 * nb` floats, `q` holds `8 * nb` vectors.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn widen_group(
     fmt: Fmt,
@@ -230,8 +230,12 @@ unsafe fn widen_group(
     cc: usize,
     pd: &mut [f32],
     ps: &mut [f32],
+    q: &mut [__m256i],
 ) {
-    debug_assert!(pd.len() >= LANES * nb && ps.len() >= LANES * nb);
+    assert!(
+        pd.len() >= LANES * nb && ps.len() >= LANES * nb && q.len() >= LANES * nb,
+        "programming error: panel group too small"
+    );
     let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let offs = _mm256_mullo_epi32(lane, _mm256_set1_epi32(as_ as i32));
     let live = _mm256_cmpgt_epi32(_mm256_set1_epi32(cc as i32), lane);
@@ -259,6 +263,10 @@ unsafe fn widen_group(
             Fmt::Q8_0 => _mm256_setzero_ps(),
         };
         _mm256_storeu_ps(ps.as_mut_ptr().add(b * LANES), s);
+        for l in 0..cc {
+            let src = a.add(l * as_ + b * fmt.a_block() + fmt.a_q());
+            q[b * LANES + l] = _mm256_loadu_si256(src.cast());
+        }
     }
 }
 
