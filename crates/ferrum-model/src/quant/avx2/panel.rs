@@ -164,14 +164,16 @@ pub(in crate::quant) unsafe fn matmul<const DOT: u8>(
         if quants.len() < groups * LANES * nb {
             quants.resize(groups * LANES * nb, _mm256_setzero_si256());
         }
+        // Group `g`'s first column and column count.
+        let group = |g: usize| (g * LANES, (ncols - g * LANES).min(LANES));
         // Copy every activation row once for all weight rows: group `g` holds the scales `d`
         // then `s` (Q4_1) as `[block][lane]` for columns `8g..8g + 8` (zero past `ncols`), and
         // the quants as `[block][lane]`.
         for g in 0..groups {
             let (pd, ps) = scales[g * per_group..(g + 1) * per_group].split_at_mut(LANES * nb);
             let qg = &mut quants[g * LANES * nb..(g + 1) * LANES * nb];
-            let cc = (ncols - g * LANES).min(LANES);
-            widen_group(fmt, nb, a.add(g * LANES * as_), as_, cc, pd, ps, qg);
+            let (c0, cc) = group(g);
+            widen_group(fmt, nb, a.add(c0 * as_), as_, cc, pd, ps, qg);
         }
         if ncols <= SMALL_COLS {
             let (pd, aq) = (scales.as_ptr(), quants.as_ptr());
@@ -195,7 +197,7 @@ pub(in crate::quant) unsafe fn matmul<const DOT: u8>(
         while r0 < nrows {
             let r1 = (r0 + ROW_TILE).min(nrows);
             for g in 0..groups {
-                let (c0, cc) = (g * LANES, (ncols - g * LANES).min(LANES));
+                let (c0, cc) = group(g);
                 let pd = scales.as_ptr().add(g * per_group);
                 let ps = pd.add(LANES * nb);
                 let aq = quants.as_ptr().add(g * LANES * nb);
