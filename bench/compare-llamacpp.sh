@@ -26,6 +26,8 @@
 #   LLAMACPP_CACHE (~/.cache/ferrum/llamacpp) LLAMACPP_SRC (an unpacked llama_cpp_python-0.3.36)
 #   LLAMACPP_BUILD (a cmake build dir with the three tools; default $LLAMACPP_CACHE/build)
 #   FERRUM_PORT (18480) LLAMA_PORT (18481)
+#   FERRUM_NUMERICS (llama-cpp; `fast` runs ferrum with its interleaved Q4_1 kernels, whose
+#   rounding differs from llama.cpp's: see docs/benchmarks.md, "Numerics")
 #   Smoke-test sizes (the figures keep their names): NPP (512) NGEN (128) B16_PP (128)
 #   B16_GEN (128) OUT_SHAREGPT (128) OUT_PREFIX (64)
 set -euo pipefail
@@ -174,7 +176,7 @@ for n in "${names[@]}"; do
 done
 printf '%s\n' "${rows[@]}" | python3 -c '
 import json, sys
-json_out, bw, bound, threads, runs, model = sys.argv[1:7]
+json_out, bw, bound, threads, runs, model, numerics = sys.argv[1:8]
 figs = []
 for line in sys.stdin:
     n, f, l = line.split()
@@ -185,7 +187,7 @@ for line in sys.stdin:
 if json_out == "1":
     print(json.dumps({"figures": figs, "memory_bandwidth_gbs": float(bw),
                       "decode_b1_bound_tok_s": float(bound), "threads": int(threads),
-                      "runs": int(runs), "model": model}))
+                      "runs": int(runs), "model": model, "ferrum_numerics": numerics}))
 else:
     print("%-36s%12s%12s%8s" % ("figure", "ferrum", "llama.cpp", "ratio"))
     for x in figs:
@@ -194,5 +196,6 @@ else:
     b1 = next(x["ferrum"] for x in figs if x["name"] == "decode_b1")
     print("memory read bandwidth %.2f GB/s; batch-1 decode bound %.1f tok/s; ferrum decode_b1 at %.0f%% of it"
           % (float(bw), float(bound), 100 * b1 / float(bound)))
-    print("(medians of %s alternating runs, %s threads, %s; tok/s, seconds, MiB)" % (runs, threads, model))
-' "$json" "$bw_gbs" "$bound" "$threads" "$runs" "$(basename "$model")"
+    print("(medians of %s alternating runs, %s threads, %s, ferrum numerics %s; tok/s, seconds, MiB)"
+          % (runs, threads, model, numerics))
+' "$json" "$bw_gbs" "$bound" "$threads" "$runs" "$(basename "$model")" "${FERRUM_NUMERICS:-llama-cpp}"

@@ -273,7 +273,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     } else {
         println!();
         eprintln!(
-            "prompt: {} tokens in {:.3} s ({:.1} tok/s); decode: {} tokens in {:.3} s ({:.1} tok/s); {} threads, {} kernels",
+            "prompt: {} tokens in {:.3} s ({:.1} tok/s); decode: {} tokens in {:.3} s ({:.1} tok/s); {} threads, {} kernels, {:?} numerics",
             prompt.len(),
             g.prompt_s,
             prompt_tps,
@@ -281,7 +281,8 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
             g.gen_s,
             gen_tps,
             session.runner().n_threads(),
-            session.runner().kernels().name()
+            session.runner().kernels().name(),
+            session.runner().model().numerics
         );
     }
     Ok(())

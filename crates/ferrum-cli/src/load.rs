@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use ferrum_model::chat::ChatTemplate;
 use ferrum_model::gguf::GgufFile;
-use ferrum_model::llama::{LlamaModel, LlamaRunner};
+use ferrum_model::llama::{LlamaModel, LlamaRunner, Numerics};
 use ferrum_model::tokenizer::Tokenizer;
 
 /// Options every model-running command takes.
@@ -19,6 +19,29 @@ pub struct ModelArgs {
     /// Worker threads (0 = one per core).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// How matrix products round: `llama-cpp` reproduces llama.cpp's results bit for bit;
+    /// `fast` runs Q4_1 products with interleaved kernels (about 1.5x faster prefill and
+    /// batched decode on AVX2), whose rounding differs from llama.cpp's.
+    #[arg(long, value_enum, default_value_t = NumericsArg::LlamaCpp, env = "FERRUM_NUMERICS")]
+    pub numerics: NumericsArg,
+}
+
+/// `--numerics` values (see [`ferrum_model::llama::Numerics`]).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumericsArg {
+    /// llama.cpp's order of operations, bit for bit.
+    LlamaCpp,
+    /// Interleaved Q4_1 kernels: faster, rounds differently.
+    Fast,
+}
+
+impl From<NumericsArg> for Numerics {
+    fn from(a: NumericsArg) -> Self {
+        match a {
+            NumericsArg::LlamaCpp => Numerics::LlamaCpp,
+            NumericsArg::Fast => Numerics::Fast,
+        }
+    }
 }
 
 /// A loaded model with its tokenizer and chat template.
@@ -44,7 +67,7 @@ impl ModelArgs {
             Arc::new(GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?);
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let template = ChatTemplate::from_gguf(&file)?;
-        let model = Arc::new(LlamaModel::load(file)?);
+        let model = Arc::new(LlamaModel::load_with(file, self.numerics.into())?);
         Ok(Loaded {
             model,
             tokenizer,

@@ -134,7 +134,8 @@ fn load(
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let file = Arc::new(GgufFile::open(path).map_err(|e| err(&e))?);
     let codec = Arc::new(ModelCodec::from_gguf(&file).map_err(|e| err(&e))?);
-    let model = Arc::new(LlamaModel::load(file).map_err(|e| err(&e))?);
+    let numerics = a.model.numerics.into();
+    let model = Arc::new(LlamaModel::load_with(file, numerics).map_err(|e| err(&e))?);
     let (mut cfg, cap) = EngineConfig::for_model(&model.config, budget, codec.tokenizer.stop_ids())
         .map_err(|e| e.to_string())?;
     cfg.max_batched_tokens = a.max_batched_tokens;
@@ -173,8 +174,9 @@ fn load(
             .map_err(|e| format!("{e:#}"))?;
         engine.set_external_drafter(Box::new(d));
     }
-    tracing::info!(%cap, kernels, "engine ready");
-    eprintln!("{cap}; {kernels} kernels");
+    let numerics = model.numerics;
+    tracing::info!(%cap, kernels, ?numerics, "engine ready");
+    eprintln!("{cap}; {kernels} kernels, {numerics:?} numerics");
     let info = BannerInfo {
         model: name.clone(),
         source: path.display().to_string(),

@@ -25,6 +25,20 @@ use crate::quant::{self, Kernels};
 use crate::threadpool::{split_range, ThreadPool};
 use matmul::project;
 
+/// How the matrix products round. Each choice computes every row the same way in any batch
+/// (batch invariance); they differ in rounding, which this model amplifies (see
+/// `docs/benchmarks.md`, "Numerics").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Numerics {
+    /// llama.cpp's x86 order of operations, bit for bit: the golden tests compare against it.
+    #[default]
+    LlamaCpp,
+    /// Q4_1 products with the interleaved kernels (`quant::Q4_1x8`): each block's integer sum
+    /// is exact and scaled once. About 1.5x faster prefill on AVX2; outputs differ from
+    /// llama.cpp's by rounding.
+    Fast,
+}
+
 /// A weight matrix in its quantized form, read in place from the mapped file.
 pub struct QMatrix {
     /// Element type.
@@ -36,6 +50,9 @@ pub struct QMatrix {
     row_bytes: usize,
     ptr: *const u8,
     len: usize,
+    /// Q4_1 weights repacked for the interleaved kernels (`quant::Q4_1x8`, with
+    /// [`Numerics::Fast`]); the mapped bytes still serve row lookups (embeddings).
+    packed: Option<quant::Q4_1x8>,
     /// Keeps the mapping that `ptr` points into alive.
     _file: Arc<GgufFile>,
 }
@@ -51,7 +68,13 @@ impl std::fmt::Debug for QMatrix {
 }
 
 impl QMatrix {
-    fn load(file: &Arc<GgufFile>, name: &str, cols: usize, rows: usize) -> Result<Self> {
+    fn load(
+        file: &Arc<GgufFile>,
+        name: &str,
+        cols: usize,
+        rows: usize,
+        numerics: Numerics,
+    ) -> Result<Self> {
         let t = file
             .tensor(name)
             .ok_or_else(|| Error::gguf(format!("missing tensor {name:?}")))?;
@@ -65,6 +88,12 @@ impl QMatrix {
             // F16/BF16 matrices are fine too: the kernels dot them against f32 activations.
         }
         let data = file.tensor_data(t);
+        let packed = match t.dtype {
+            GgmlType::Q4_1 if numerics == Numerics::Fast => {
+                quant::Q4_1x8::from_gguf(data, rows, cols)
+            }
+            _ => None,
+        };
         Ok(QMatrix {
             dtype: t.dtype,
             rows,
@@ -72,6 +101,7 @@ impl QMatrix {
             row_bytes: t.dtype.row_bytes(cols as u64)? as usize,
             ptr: data.as_ptr(),
             len: data.len(),
+            packed,
             _file: Arc::clone(file),
         })
     }
@@ -104,6 +134,8 @@ struct Layer {
 pub struct LlamaModel {
     /// Hyper-parameters.
     pub config: LlamaConfig,
+    /// How the matrix products round.
+    pub numerics: Numerics,
     /// The file the weights are read from (tokenizer and template metadata live there too).
     pub file: Arc<GgufFile>,
     tok_embd: QMatrix,
@@ -137,38 +169,41 @@ fn load_f32(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
 }
 
 impl LlamaModel {
-    /// Builds the model over an opened GGUF file, checking every tensor's presence and shape.
+    /// Builds the model over an opened GGUF file, checking every tensor's presence and shape,
+    /// with llama.cpp's numerics.
     pub fn load(file: Arc<GgufFile>) -> Result<Self> {
+        Self::load_with(file, Numerics::LlamaCpp)
+    }
+
+    /// [`LlamaModel::load`] with a choice of [`Numerics`].
+    pub fn load_with(file: Arc<GgufFile>, numerics: Numerics) -> Result<Self> {
         let c = LlamaConfig::from_gguf(&file)?;
+        let q = |name: &str, cols, rows| QMatrix::load(&file, name, cols, rows, numerics);
         let kv_dim = c.n_kv_heads * c.head_dim;
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             layers.push(Layer {
                 attn_norm: load_f32(&file, &n("attn_norm"), c.n_embd)?,
-                wq: QMatrix::load(&file, &n("attn_q"), c.n_embd, c.n_embd)?,
-                wk: QMatrix::load(&file, &n("attn_k"), c.n_embd, kv_dim)?,
-                wv: QMatrix::load(&file, &n("attn_v"), c.n_embd, kv_dim)?,
-                wo: QMatrix::load(&file, &n("attn_output"), c.n_embd, c.n_embd)?,
+                wq: q(&n("attn_q"), c.n_embd, c.n_embd)?,
+                wk: q(&n("attn_k"), c.n_embd, kv_dim)?,
+                wv: q(&n("attn_v"), c.n_embd, kv_dim)?,
+                wo: q(&n("attn_output"), c.n_embd, c.n_embd)?,
                 ffn_norm: load_f32(&file, &n("ffn_norm"), c.n_embd)?,
-                w_gate: QMatrix::load(&file, &n("ffn_gate"), c.n_embd, c.n_ff)?,
-                w_up: QMatrix::load(&file, &n("ffn_up"), c.n_embd, c.n_ff)?,
-                w_down: QMatrix::load(&file, &n("ffn_down"), c.n_ff, c.n_embd)?,
+                w_gate: q(&n("ffn_gate"), c.n_embd, c.n_ff)?,
+                w_up: q(&n("ffn_up"), c.n_embd, c.n_ff)?,
+                w_down: q(&n("ffn_down"), c.n_ff, c.n_embd)?,
             });
         }
-        let tok_embd = QMatrix::load(&file, "token_embd.weight", c.n_embd, c.vocab_size)?;
+        let tok_embd = q("token_embd.weight", c.n_embd, c.vocab_size)?;
         let output = match file.tensor("output.weight") {
-            Some(_) => Some(QMatrix::load(
-                &file,
-                "output.weight",
-                c.n_embd,
-                c.vocab_size,
-            )?),
+            Some(_) => Some(q("output.weight", c.n_embd, c.vocab_size)?),
             None => None,
         };
         let output_norm = load_f32(&file, "output_norm.weight", c.n_embd)?;
         Ok(LlamaModel {
             config: c,
+            numerics,
             file,
             tok_embd,
             layers,

@@ -13,6 +13,11 @@ use super::{QMatrix, SharedOut};
 const TILE_ROWS: usize = 32;
 /// Most weight rows per kernel call (the chunk is re-read from cache for each column tile).
 const CALL_ROWS: usize = 1024;
+// Thread shares and kernel calls must cut interleaved Q4_1 matrices at whole groups.
+const _: () = assert!(
+    TILE_ROWS.is_multiple_of(crate::quant::GROUP_ROWS)
+        && CALL_ROWS.is_multiple_of(crate::quant::GROUP_ROWS)
+);
 /// Activation rows from which a matmul's weight rows are claimed dynamically
 /// ([`WorkSplitter`]) rather than split in fixed halves. This machine's two vCPUs run at
 /// different, changing speeds (25% apart at times), and at 16 rows the claims paid (batched
@@ -35,7 +40,12 @@ pub(super) fn project<const N: usize>(
 ) {
     let t = x.len() / n;
     let ty = products[0].0.dtype;
-    if products.iter().all(|(w, _)| w.dtype == ty) {
+    // Threads split the concatenated rows in multiples of TILE_ROWS, so a product after
+    // another whose rows are not whole tiles would be cut mid-group (`quant::Q4_1x8`).
+    let aligned = products[..N - 1]
+        .iter()
+        .all(|(w, _)| w.rows.is_multiple_of(TILE_ROWS));
+    if aligned && products.iter().all(|(w, _)| w.dtype == ty) {
         let a = super::quantize_rows(pool, ty, x, n, acts);
         matmul_fused(pool, k, products, a, t);
     } else {
@@ -113,19 +123,15 @@ fn matmul_rows(
         let mut c0 = 0;
         while c0 < t {
             let nc = TILE_COLS.min(t - c0);
+            let a = &acts[c0 * a_rb..(c0 + nc) * a_rb];
             // SAFETY: rows r0..r0+nr of every column were claimed by this thread alone,
             // and `out` holds `t` columns of `rows` floats.
             unsafe {
-                k.matmul_tile_raw(
-                    w.dtype,
-                    w.cols,
-                    wb,
-                    nr,
-                    &acts[c0 * a_rb..(c0 + nc) * a_rb],
-                    nc,
-                    outp.ptr().add(c0 * rows + r0),
-                    rows,
-                );
+                let out = outp.ptr().add(c0 * rows + r0);
+                match &w.packed {
+                    Some(p) => k.matmul_q4_1x8_raw(p, r0..r0 + nr, a, nc, out, rows),
+                    None => k.matmul_tile_raw(w.dtype, w.cols, wb, nr, a, nc, out, rows),
+                }
             }
             c0 += nc;
         }

@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 
 use crate::GgmlType;
 
+pub(super) mod interleaved;
 pub(super) mod panel;
 
 /// Reads an f16 and widens it with F16C (exact, same value as the scalar path).
@@ -97,7 +98,17 @@ pub(super) const DOT_VNNI_VEX: u8 = 2;
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_u8i8<const DOT: u8>(x: __m256i, y: __m256i) -> __m256i {
-    let mut acc = _mm256_setzero_si256();
+    match DOT {
+        DOT_VNNI_EVEX | DOT_VNNI_VEX => vnni_acc::<DOT>(_mm256_setzero_si256(), x, y),
+        _ => _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)),
+    }
+}
+
+/// `acc + Σ x·y` per 4-byte group with one `vpdpbusd` (`DOT` picks the encoding); only for a
+/// VNNI `DOT`, which the caller has detected (see [`dot_u8i8`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vnni_acc<const DOT: u8>(mut acc: __m256i, x: __m256i, y: __m256i) -> __m256i {
     // `acc += Σ x·y` per 4-byte group; `$prefix` picks the encoding.
     macro_rules! vpdpbusd {
         ($prefix:literal) => {
@@ -115,7 +126,7 @@ pub(super) unsafe fn dot_u8i8<const DOT: u8>(x: __m256i, y: __m256i) -> __m256i 
     match DOT {
         DOT_VNNI_EVEX => vpdpbusd!(""),
         DOT_VNNI_VEX => vpdpbusd!("{{vex}} "),
-        _ => acc = _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)),
+        _ => unreachable!("programming error: vnni_acc without a VNNI DOT"),
     }
     acc
 }

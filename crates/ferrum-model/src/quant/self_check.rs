@@ -4,11 +4,12 @@
 //! inline assembly), and must compute the same bits. Our CI and development machines may lack
 //! VNNI, so the first process on a VNNI machine checks it: a few small products of the default
 //! model's formats, with shapes that reach every kernel path (1 column, 2-3 columns, partial
-//! and whole panels, rows longer than one scale chunk). It takes well under a millisecond.
+//! and whole panels, rows longer than one scale chunk), in the GGUF layout and in the
+//! interleaved Q4_1 layout. It takes well under a millisecond.
 //! Data comes from a fixed xorshift stream, and activations are quantized by the scalar
 //! quantizer, because this runs while the process's kernel set is being chosen.
 
-use super::{blocks, row_bytes, vec_dot_type, Kernels};
+use super::{blocks, row_bytes, vec_dot_type, Kernels, Q4_1x8};
 use crate::GgmlType;
 
 /// One matrix product to run on both kernel sets.
@@ -19,6 +20,8 @@ pub(super) struct Trial {
     nrows: usize,
     a: Vec<u8>,
     ncols: usize,
+    /// The weights repacked, to run the interleaved kernels instead.
+    packed: Option<Q4_1x8>,
 }
 
 impl Trial {
@@ -26,9 +29,16 @@ impl Trial {
     pub(super) fn run(&self, k: &Kernels) -> Vec<f32> {
         let mut out = vec![0f32; self.nrows * self.ncols];
         let (w, a) = (&self.w, &self.a);
-        k.matmul_tile(
-            self.ty, self.n, w, self.nrows, a, self.ncols, &mut out, self.nrows,
-        );
+        match &self.packed {
+            // SAFETY: `out` holds `ncols` rows of `nrows` outputs.
+            Some(p) => unsafe {
+                let o = out.as_mut_ptr();
+                k.matmul_q4_1x8_raw(p, 0..self.nrows, a, self.ncols, o, self.nrows);
+            },
+            None => k.matmul_tile(
+                self.ty, self.n, w, self.nrows, a, self.ncols, &mut out, self.nrows,
+            ),
+        }
         out
     }
 }
@@ -50,13 +60,18 @@ impl Stream {
 }
 
 /// The products checked: Q4_1 and Q8_0 weights, 9 rows of 70 blocks (past both scale-chunk
-/// sizes), against 1, 2, 3, 5 and 9 activation rows.
+/// sizes), and 40 interleaved Q4_1 rows (a whole and a partial one-row tile), against 1, 2,
+/// 3, 5 and 9 activation rows.
 pub(super) fn trials() -> Vec<Trial> {
     let mut rng = Stream(0x9E37_79B9_7F4A_7C15);
-    let (nb, nrows) = (70, 9);
+    let nb = 70;
     let n = nb * 32;
     let mut v = Vec::new();
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+    for (ty, nrows, pack) in [
+        (GgmlType::Q4_1, 9, false),
+        (GgmlType::Q8_0, 9, false),
+        (GgmlType::Q4_1, 40, true),
+    ] {
         let wb = ty.type_size();
         let mut w = vec![0u8; row_bytes(ty, n) * nrows];
         for block in w.chunks_exact_mut(wb) {
@@ -79,6 +94,7 @@ pub(super) fn trials() -> Vec<Trial> {
                 let x: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
                 blocks::quantize_q8_0_or_1(&x, row, at == GgmlType::Q8_1);
             }
+            let packed = pack.then(|| Q4_1x8::from_gguf(&w, nrows, n).expect("whole groups"));
             let w = w.clone();
             v.push(Trial {
                 ty,
@@ -87,6 +103,7 @@ pub(super) fn trials() -> Vec<Trial> {
                 nrows,
                 a,
                 ncols,
+                packed,
             });
         }
     }
