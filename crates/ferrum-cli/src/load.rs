@@ -86,3 +86,36 @@ impl ModelArgs {
         )?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        model: ModelArgs,
+    }
+
+    fn numerics(args: &[&str]) -> Result<Numerics, clap::Error> {
+        let argv = std::iter::once("ferrum").chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|c| c.model.numerics.into())
+    }
+
+    #[test]
+    fn numerics_default_to_llama_cpp_and_parse_fast() {
+        if std::env::var_os("FERRUM_NUMERICS").is_none() {
+            assert_eq!(numerics(&[]).expect("parses"), Numerics::LlamaCpp);
+        }
+        assert_eq!(
+            numerics(&["--numerics", "fast"]).expect("parses"),
+            Numerics::Fast
+        );
+        let llama = numerics(&["--numerics", "llama-cpp"]).expect("parses");
+        assert_eq!(llama, Numerics::LlamaCpp);
+        let err = numerics(&["--numerics", "quick"]).expect_err("unknown value");
+        assert!(err.to_string().contains("quick"), "{err}");
+    }
+}

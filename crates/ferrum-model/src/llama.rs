@@ -50,8 +50,9 @@ pub struct QMatrix {
     row_bytes: usize,
     ptr: *const u8,
     len: usize,
-    /// Q4_1 weights repacked for the interleaved kernels (`quant::Q4_1x8`, with
-    /// [`Numerics::Fast`]); the mapped bytes still serve row lookups (embeddings).
+    /// Q4_1 weights repacked for the interleaved kernels (`quant::Q4_1x8`), with
+    /// [`Numerics::Fast`] and rows in whole groups of 8 (any other matrix keeps llama.cpp's
+    /// kernels, for every row alike); the mapped bytes still serve row lookups (embeddings).
     packed: Option<quant::Q4_1x8>,
     /// Keeps the mapping that `ptr` points into alive.
     _file: Arc<GgufFile>,
