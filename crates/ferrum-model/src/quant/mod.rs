@@ -78,6 +78,18 @@ macro_rules! drive {
     }};
 }
 
+/// Calls the AVX2 kernel `$f::<DOT>(args)` for a kernel set's run-time `dot` value.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot_call {
+    ($dot:expr, $($f:ident)::+, ($($arg:expr),* $(,)?)) => {
+        match $dot {
+            avx2::DOT_VNNI_EVEX => $($f)::+::<{ avx2::DOT_VNNI_EVEX }>($($arg),*),
+            avx2::DOT_VNNI_VEX => $($f)::+::<{ avx2::DOT_VNNI_VEX }>($($arg),*),
+            _ => $($f)::+::<{ avx2::DOT_MADD }>($($arg),*),
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 /// The 8-lane halving-tree sum the kernels use, for other hand-vectorized loops.
@@ -389,18 +401,12 @@ impl Kernels {
             // included, for its `dot`) were detected; the input slices were checked and the
             // caller vouches for the output.
             SimdLevel::Avx2 | SimdLevel::Vnni => unsafe {
-                let (wp, ap, o) = (w.as_ptr(), a.as_ptr(), out);
-                match self.dot {
-                    avx2::DOT_VNNI_EVEX => avx2::matmul::<{ avx2::DOT_VNNI_EVEX }>(
-                        w_ty, n, wp, ws, nrows, ap, as_, ncols, o, out_stride,
-                    ),
-                    avx2::DOT_VNNI_VEX => avx2::matmul::<{ avx2::DOT_VNNI_VEX }>(
-                        w_ty, n, wp, ws, nrows, ap, as_, ncols, o, out_stride,
-                    ),
-                    _ => avx2::matmul::<{ avx2::DOT_MADD }>(
-                        w_ty, n, wp, ws, nrows, ap, as_, ncols, o, out_stride,
-                    ),
-                }
+                let (wp, ap) = (w.as_ptr(), a.as_ptr());
+                dot_call!(
+                    self.dot,
+                    avx2::matmul,
+                    (w_ty, n, wp, ws, nrows, ap, as_, ncols, out, out_stride)
+                )
             },
             _ => {
                 for r in 0..nrows {
@@ -450,17 +456,11 @@ impl Kernels {
             SimdLevel::Avx2 | SimdLevel::Vnni => unsafe {
                 let ng = groups.len() / (nb * interleaved::GROUP_BLOCK);
                 let (wp, ap) = (groups.as_ptr(), a.as_ptr());
-                match self.dot {
-                    avx2::DOT_VNNI_EVEX => avx2::interleaved::matmul::<{ avx2::DOT_VNNI_EVEX }>(
-                        nb, wp, ng, ap, as_, ncols, out, out_stride,
-                    ),
-                    avx2::DOT_VNNI_VEX => avx2::interleaved::matmul::<{ avx2::DOT_VNNI_VEX }>(
-                        nb, wp, ng, ap, as_, ncols, out, out_stride,
-                    ),
-                    _ => avx2::interleaved::matmul::<{ avx2::DOT_MADD }>(
-                        nb, wp, ng, ap, as_, ncols, out, out_stride,
-                    ),
-                }
+                dot_call!(
+                    self.dot,
+                    avx2::interleaved::matmul,
+                    (nb, wp, ng, ap, as_, ncols, out, out_stride)
+                )
             },
             // SAFETY: as above; the scalar kernel indexes the checked slices.
             _ => unsafe { interleaved::matmul_scalar(nb, groups, a, as_, ncols, out, out_stride) },
