@@ -119,7 +119,6 @@ fn matmul_rows(
     let mut r0 = my.start;
     while r0 < my.end {
         let nr = CALL_ROWS.min(my.end - r0);
-        let wb = &w.bytes()[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
         let mut c0 = 0;
         while c0 < t {
             let nc = TILE_COLS.min(t - c0);
@@ -130,7 +129,10 @@ fn matmul_rows(
                 let out = outp.ptr().add(c0 * rows + r0);
                 match &w.packed {
                     Some(p) => k.matmul_q4_1x8_raw(p, r0..r0 + nr, a, nc, out, rows),
-                    None => k.matmul_tile_raw(w.dtype, w.cols, wb, nr, a, nc, out, rows),
+                    None => {
+                        let wb = &w.bytes()[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
+                        k.matmul_tile_raw(w.dtype, w.cols, wb, nr, a, nc, out, rows)
+                    }
                 }
             }
             c0 += nc;

@@ -58,7 +58,7 @@ impl Q4_1x8 {
             return None;
         }
         let nb = cols / 32;
-        if src.len() != rows * nb * 20 {
+        if src.len() != rows * super::row_bytes(crate::GgmlType::Q4_1, cols) {
             return None;
         }
         let mut bytes = vec![0u8; rows / GROUP_ROWS * nb * GROUP_BLOCK];

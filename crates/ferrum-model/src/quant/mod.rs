@@ -440,7 +440,7 @@ impl Kernels {
     ) {
         let groups = w.groups(&rows);
         let nb = w.cols() / 32;
-        let as_ = nb * 36;
+        let as_ = row_bytes(GgmlType::Q8_1, w.cols());
         if groups.is_empty() || ncols == 0 {
             return;
         }
