@@ -21,6 +21,8 @@
 //! the compiler vectorizes with FMA when the CPU has it.
 
 #[cfg(target_arch = "x86_64")]
+mod decode_f16;
+#[cfg(target_arch = "x86_64")]
 mod paged_avx2;
 #[cfg(target_arch = "x86_64")]
 mod simd;
@@ -69,6 +71,8 @@ pub(crate) struct AttnScratch {
     vf: Vec<f32>,
     vacc: Vec<f32>,
     bits: Vec<u16>,
+    /// Addresses of a context's V rows (the decode path reads them in slot order).
+    vrows: Vec<usize>,
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {
@@ -104,7 +108,8 @@ pub(crate) fn attend_group(
 /// `t.n_ctx` positions (row `i` sees `t.n_ctx - rows + 1 + i`); `q_row(i)` and `out_row(i)`
 /// give each row's `n_rep` query heads and their output. Results are bit for bit those of
 /// [`attend_group`] per row; on the AVX2 path the run's context is converted from f16 once
-/// instead of once per row, which is most of the attention cost of a prompt chunk.
+/// instead of once per row, which is most of the attention cost of a prompt chunk, and a
+/// single decode row reads the f16 blocks directly (`decode_f16`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_run<'a, 'b>(
     k: &Kernels,
@@ -121,6 +126,13 @@ pub(crate) fn attend_run<'a, 'b>(
     #[cfg(target_arch = "x86_64")]
     if f16c_ok() && paged_avx2::supports(t.kv.shape().head_dim) {
         let hd = t.kv.shape().head_dim;
+        if rows == 1 && arith == Arith::Decode && decode_f16::supports(hd, t.kv.block_size()) {
+            // One decode row: read the f16 blocks directly instead of converting them first.
+            // SAFETY: AVX2, FMA and F16C were detected; the shapes pass `supports`; the
+            // engine's block table covers the context and q / out hold `n_rep` heads.
+            unsafe { decode_f16::attend_decode(k, t, q_row(0), n_rep, scale, s, out_row(0)) };
+            return;
+        }
         // SAFETY: AVX2, FMA and F16C were detected at run time; the head size is supported;
         // every row's context is within the gathered `t.n_ctx` positions.
         unsafe {
