@@ -21,7 +21,7 @@
 
 use std::arch::x86_64::*;
 
-use super::paged_avx2::{dots4, fold_slots, prefetch_block, PREFETCH_BLOCKS};
+use super::paged_avx2::{convert, dots4, fold_slots, prefetch_block, PREFETCH_BLOCKS};
 use super::{round_f16, simd, Arith, AttnScratch, AttnTarget, ACCS, LANES};
 use crate::quant::Kernels;
 
@@ -41,16 +41,6 @@ pub(crate) fn supports(head_dim: usize, block_size: usize) -> bool {
 /// 4 keys converted to f32.
 #[repr(C, align(32))]
 struct KeyGroup([f32; 4 * HD]);
-
-/// Converts `n` f16 values at `src` to f32 at `dst` (`n` a multiple of 8).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn convert(src: *const u16, dst: *mut f32, n: usize) {
-    for i in (0..n).step_by(8) {
-        let v = _mm256_cvtph_ps(_mm_loadu_si128(src.add(i).cast()));
-        _mm256_storeu_ps(dst.add(i), v);
-    }
-}
 
 /// Decode attention of the `n_rep` query heads in `q` over the first `t.n_ctx` positions:
 /// bitwise what `paged_avx2::gather` then `paged_avx2::attend_gathered` with
@@ -85,7 +75,6 @@ pub(crate) unsafe fn attend_decode(
     // Scores, block by block, 4 keys at a time for every head; V row addresses on the way.
     s.vrows.clear();
     let mut keys = KeyGroup([0.0; 4 * HD]);
-    let kp = keys.0.as_mut_ptr();
     let n_blocks = n_ctx.div_ceil(bs);
     let block = |bi: usize| t.block_table[bi] as usize;
     let rows = |bi: usize| bs.min(n_ctx - bi * bs);
@@ -100,7 +89,7 @@ pub(crate) unsafe fn attend_decode(
                 rows(ahead) * HD,
             );
         }
-        let kb = kv.k_block(t.layer, block(bi), t.kv_head).as_ptr();
+        let kb = kv.k_block(t.layer, block(bi), t.kv_head);
         let vb = kv.v_block(t.layer, block(bi), t.kv_head);
         prefetch_block(vb, rows(bi) * HD);
         let (j0, n) = (bi * bs, rows(bi));
@@ -108,9 +97,9 @@ pub(crate) unsafe fn attend_decode(
             .extend((0..n).map(|i| vb.as_ptr().add(i * HD) as usize));
         let mut i = 0;
         while i + 4 <= n {
-            convert(kb.add(i * HD), kp, 4 * HD);
+            convert(&kb[i * HD..(i + 4) * HD], &mut keys.0);
             for r in 0..n_rep {
-                let d = dots4::<HD>(kp, HD, s.q.as_ptr().add(r * HD), Arith::Decode);
+                let d = dots4::<HD>(keys.0.as_ptr(), HD, s.q.as_ptr().add(r * HD), Arith::Decode);
                 let sp = s.scores.as_mut_ptr().add(r * n_ctx + j0 + i);
                 _mm_storeu_ps(sp, _mm_mul_ps(d, _mm_set1_ps(scale)));
             }
@@ -118,7 +107,7 @@ pub(crate) unsafe fn attend_decode(
         }
         // The context's last `n_ctx % 4` keys, one at a time (as `attend_gathered`).
         while i < n {
-            convert(kb.add(i * HD), kp, HD);
+            convert(&kb[i * HD..(i + 1) * HD], &mut keys.0[..HD]);
             for r in 0..n_rep {
                 let dot = simd::dot_vec(&keys.0[..HD], &s.q[r * HD..(r + 1) * HD]);
                 s.scores[r * n_ctx + j0 + i] = dot * scale;

@@ -46,7 +46,7 @@ pub(super) unsafe fn prefetch_block(rows: &[u16], n: usize) {
 /// Converts `src` (f16 bits) into `dst` (same length).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn convert(src: &[u16], dst: &mut [f32]) {
+pub(super) unsafe fn convert(src: &[u16], dst: &mut [f32]) {
     let n = src.len();
     let mut i = 0;
     while i + 8 <= n {
