@@ -1,6 +1,8 @@
 //! Cost of verifying `k` drafted tokens against decoding one: times a decode chunk of
 //! `1 + k` rows (all with logits, as speculative verification asks) after a prompt, for
-//! `k = 0..=8`, and `n` sequences of one row each (plain batched decode) for comparison.
+//! `k` from 0 to 32, and `n` sequences of one row each (plain batched decode) for comparison.
+//! Each chunk is also timed with logits for its last row only, which shows what the LM head
+//! adds per verified row.
 //!
 //! `cargo run --release -p ferrum-model --example verify_cost -- MODEL.gguf [threads] [ctx]`
 //!
@@ -22,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = std::sync::Arc::new(LlamaModel::open(&path)?);
     let bs = 16;
     let seqs = 16;
-    let per_seq = (ctx + 16).div_ceil(bs);
+    let per_seq = (ctx + 48).div_ceil(bs);
     let mut runner = LlamaRunner::new(model, per_seq * seqs, bs, threads)?;
     let prompt: Vec<u32> = (0..ctx as u32).map(|i| 100 + (i * 7919) % 40000).collect();
     let tables: Vec<Vec<u32>> = (0..seqs)
@@ -59,15 +61,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("threads {threads}, context {ctx}: median ms of {reps} forwards");
     let mut base = 0.0;
-    for k in 0..=8usize {
+    for k in [0usize, 1, 2, 4, 8, 16, 32] {
         verify_batch(&mut batch, k, ctx, &tables[0]);
         let ms = time(&batch)?;
         if k == 0 {
             base = ms;
         }
+        batch.logits_rows.drain(..k);
+        let last_only = time(&batch)?;
         println!(
-            "verify k={k}: {ms:7.2} ms  ({:.2}x one decode row)",
-            ms / base
+            "verify k={k}: {ms:7.2} ms  ({:.2}x one decode row, {:.2} ms per row; \
+             {last_only:.2} ms with the last row's logits only)",
+            ms / base,
+            ms / (k + 1) as f64
         );
     }
     for n in [1usize, 2, 4, 8, 16] {
