@@ -25,6 +25,8 @@ mod decode_f16;
 #[cfg(target_arch = "x86_64")]
 mod paged_avx2;
 #[cfg(target_arch = "x86_64")]
+mod run_tile;
+#[cfg(target_arch = "x86_64")]
 mod simd;
 /// SwiGLU on AVX2 + FMA lanes, bitwise equal to the scalar loop (it shares ggml's `expf`).
 #[cfg(target_arch = "x86_64")]
@@ -73,6 +75,10 @@ pub(crate) struct AttnScratch {
     bits: Vec<u16>,
     /// Addresses of a context's V rows (the decode path reads them in slot order).
     vrows: Vec<usize>,
+    /// One slot's probabilities for a tile of rows, position-major (`run_tile`).
+    pt: Vec<f32>,
+    /// A tile's outputs before they are copied to each row (`run_tile`).
+    tile_out: Vec<f32>,
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {
@@ -108,8 +114,9 @@ pub(crate) fn attend_group(
 /// `t.n_ctx` positions (row `i` sees `t.n_ctx - rows + 1 + i`); `q_row(i)` and `out_row(i)`
 /// give each row's `n_rep` query heads and their output. Results are bit for bit those of
 /// [`attend_group`] per row; on the AVX2 path the run's context is converted from f16 once
-/// instead of once per row, which is most of the attention cost of a prompt chunk, and a
-/// single decode row reads the f16 blocks directly (`decode_f16`).
+/// instead of once per row, which is most of the attention cost of a prompt chunk, its rows
+/// are attended a few at a time so they share every read of it (`run_tile`), and a single
+/// decode row reads the f16 blocks directly (`decode_f16`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_run<'a, 'b>(
     k: &Kernels,
@@ -137,10 +144,9 @@ pub(crate) fn attend_run<'a, 'b>(
         // every row's context is within the gathered `t.n_ctx` positions.
         unsafe {
             paged_avx2::gather(t, s);
-            for i in 0..rows {
-                let (q, out) = (q_row(i), out_row(i));
-                paged_avx2::attend_gathered(k, hd, q, n_rep, scale, arith, first_ctx + i, s, out);
-            }
+            run_tile::attend_rows(
+                k, hd, rows, first_ctx, q_row, out_row, n_rep, scale, arith, s,
+            );
         }
         return;
     }

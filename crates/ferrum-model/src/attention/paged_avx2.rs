@@ -1,28 +1,26 @@
-//! Attention over a sequence's paged f16 context with AVX2 + FMA + F16C, organised for the
-//! cache and bitwise equal to the portable body in `attention.rs`.
+//! The AVX2 + FMA + F16C building blocks of paged attention, organised for the cache and
+//! bitwise equal to the portable body in `attention.rs`.
 //!
 //! The portable body walks positions once and, for every position, updates each query head's
 //! value accumulators in memory: with llama.cpp's decode order that is 64 lane slots x
 //! `head_dim` floats per head (48 KiB for three heads, more than L1), then folds the slots one
-//! scalar at a time. Here:
+//! scalar at a time. The fast paths are built from the pieces here:
 //!
-//! - the context's K and V blocks are converted to f32 once per call, a few blocks prefetched
-//!   ahead (the blocks are scattered, so the hardware prefetcher cannot follow them); a run
-//!   of one decode row, which has no other rows to share that conversion with, takes
-//!   `decode_f16` instead;
-//! - each value slot's chain (positions `slot, slot + slots, ...`, in increasing order, exactly
-//!   the scalar chain) is accumulated in registers, one query head at a time;
-//! - the slot fold (`(a0 + a2) + (a1 + a3)`, then the 16-lane halving tree) runs on 8 output
-//!   dimensions per instruction instead of one.
+//! - [`gather`]: a run's context, K and V blocks, converted to f32 once per call, a few blocks
+//!   prefetched ahead (the blocks are scattered, so the hardware prefetcher cannot follow
+//!   them); `run_tile` then attends the run's rows over it, and a run of one decode row,
+//!   which has no other rows to share the conversion with, takes `decode_f16` instead;
+//! - [`dots4`]: four keys' scores per call, the reductions transposed;
+//! - [`fold_slots`]: the slot fold (`(a0 + a2) + (a1 + a3)`, then the 16-lane halving tree)
+//!   on 8 output dimensions per instruction instead of one.
 //!
 //! Every float goes through the same operations in the same order as in the portable body, so
 //! results do not change by a bit (the tests compare the two). Hand-written because this is
-//! the hot path of batched decoding.
+//! the hot path of batched decoding and prefill.
 
 use std::arch::x86_64::*;
 
-use super::{round_f16, simd, Arith, AttnScratch, AttnTarget, ACCS, LANES};
-use crate::quant::Kernels;
+use super::{Arith, AttnScratch, AttnTarget, LANES};
 
 /// Head sizes this path handles: whole 64-float register groups (the decode order's step).
 pub(crate) fn supports(head_dim: usize) -> bool {
@@ -194,7 +192,7 @@ pub(super) unsafe fn dots4<const HD: usize>(
 }
 
 /// Converts the first `t.n_ctx` positions of the target's K and V into the scratch, for any
-/// number of [`attend_gathered`] calls with contexts up to `t.n_ctx` (the rows of one prompt
+/// number of `run_tile::attend_rows` calls with contexts up to `t.n_ctx` (the rows of one prompt
 /// chunk share one conversion).
 ///
 /// Safety: AVX2 + FMA + F16C; the head size passes [`supports`].
@@ -204,155 +202,6 @@ pub(crate) unsafe fn gather(t: &AttnTarget<'_>, s: &mut AttnScratch) {
     super::grow(&mut s.kf, t.n_ctx * hd);
     super::grow(&mut s.vf, t.n_ctx * hd);
     gather_kv(t, &mut s.kf, &mut s.vf);
-}
-
-/// Attention of `n_rep` query heads over the first `n_ctx` positions already converted by
-/// [`gather`] (with at least `n_ctx` positions): the result bits of [`super::attend_group`].
-///
-/// Safety: AVX2 + FMA + F16C; `q.len() >= n_rep * hd`, `out.len() >= n_rep * hd`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn attend_gathered(
-    k: &Kernels,
-    hd: usize,
-    q: &[f32],
-    n_rep: usize,
-    scale: f32,
-    arith: Arith,
-    n_ctx: usize,
-    s: &mut AttnScratch,
-    out: &mut [f32],
-) {
-    match hd {
-        64 => attend_gathered_hd::<64>(k, hd, q, n_rep, scale, arith, n_ctx, s, out),
-        128 => attend_gathered_hd::<128>(k, hd, q, n_rep, scale, arith, n_ctx, s, out),
-        _ => attend_gathered_hd::<0>(k, hd, q, n_rep, scale, arith, n_ctx, s, out),
-    }
-}
-
-/// [`attend_gathered`] for head size `HD` (0: `hd`, known only at run time). With the size a
-/// constant the compiler unrolls the 64-wide dots and keeps them in registers: decode scores
-/// took half the time at 600 positions (`bench_decode_attention`, 5.5 -> 2.7 us per head).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_gathered_hd<const HD: usize>(
-    k: &Kernels,
-    hd: usize,
-    q: &[f32],
-    n_rep: usize,
-    scale: f32,
-    arith: Arith,
-    n_ctx: usize,
-    s: &mut AttnScratch,
-    out: &mut [f32],
-) {
-    let hd = if HD > 0 { HD } else { hd };
-    debug_assert!(supports(hd) && s.kf.len() >= n_ctx * hd && s.vf.len() >= n_ctx * hd);
-    super::grow(&mut s.q, n_rep * hd);
-    s.q[..n_rep * hd].copy_from_slice(&q[..n_rep * hd]);
-    round_f16(k, &mut s.q[..n_rep * hd], &mut s.bits);
-    super::grow(&mut s.scores, n_rep * n_ctx);
-
-    // Scores, 4 keys per step for every query head, so the 4 keys are read from L2 once
-    // (the context is too large for L1) and stay in L1 across the heads.
-    let n4 = n_ctx / 4 * 4;
-    for j in (0..n4).step_by(4) {
-        let kp = s.kf.as_ptr().add(j * hd);
-        for r in 0..n_rep {
-            let d = dots4::<HD>(kp, hd, s.q.as_ptr().add(r * hd), arith);
-            let sp = s.scores.as_mut_ptr().add(r * n_ctx + j);
-            _mm_storeu_ps(sp, _mm_mul_ps(d, _mm_set1_ps(scale)));
-        }
-    }
-    for r in 0..n_rep {
-        let qr = &s.q[r * hd..(r + 1) * hd];
-        let sc = &mut s.scores[r * n_ctx..(r + 1) * n_ctx];
-        for (j, score) in sc.iter_mut().enumerate().skip(n4) {
-            let krow = &s.kf[j * hd..(j + 1) * hd];
-            let dot = match arith {
-                Arith::Prompt => simd::dot_gemm(krow, qr),
-                Arith::Decode => simd::dot_vec(krow, qr),
-            };
-            *score = dot * scale;
-        }
-    }
-    for r in 0..n_rep {
-        let sc = &mut s.scores[r * n_ctx..(r + 1) * n_ctx];
-        simd::softmax(sc);
-        round_f16(k, sc, &mut s.bits);
-    }
-
-    // Values: slot `j % slots` chains positions j in increasing order, as the portable body.
-    let n_acc = match arith {
-        Arith::Prompt => 1,
-        Arith::Decode => ACCS,
-    };
-    let slots = n_acc * LANES;
-    super::grow(&mut s.vacc, n_rep * slots * hd);
-    let (p, vf, vacc) = (s.scores.as_ptr(), s.vf.as_ptr(), s.vacc.as_mut_ptr());
-    let mut r0 = 0;
-    while r0 < n_rep {
-        let (pr, ar) = (p.add(r0 * n_ctx), vacc.add(r0 * slots * hd));
-        r0 += match n_rep - r0 {
-            1 => gathered_value_slots::<1>(pr, n_ctx, vf, hd, slots, ar),
-            2 => gathered_value_slots::<2>(pr, n_ctx, vf, hd, slots, ar),
-            _ => gathered_value_slots::<3>(pr, n_ctx, vf, hd, slots, ar),
-        };
-    }
-    for r in 0..n_rep {
-        fold_slots(
-            vacc.add(r * slots * hd),
-            hd,
-            arith,
-            out.as_mut_ptr().add(r * hd),
-        );
-    }
-}
-
-/// Output dimensions one [`gathered_value_slots`] pass accumulates (four registers per head).
-const VALUE_PIECE: usize = 32;
-
-/// Accumulates the value slots of `NH` query heads over the gathered f32 values `vf`
-/// (probabilities `p[h * n_ctx + j]`) into `vacc` (`NH` heads of `slots x hd` floats): slot
-/// `s`, dimension `d` of head `h` is `fma(v[j][d], p[h][j], acc)` over `j = s, s + slots, ...`
-/// from 0, the portable body's order. The heads share each loaded piece of a V row, so the
-/// values are read from L2 once per pass instead of once per head. Returns `NH`.
-///
-/// Safety: AVX2 + FMA; `hd` a multiple of 32; `vf` holds `n_ctx` rows of `hd`, `p` `NH` rows
-/// of `n_ctx`, `vacc` `NH * slots * hd` floats.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gathered_value_slots<const NH: usize>(
-    p: *const f32,
-    n_ctx: usize,
-    vf: *const f32,
-    hd: usize,
-    slots: usize,
-    vacc: *mut f32,
-) -> usize {
-    for slot in 0..slots {
-        for piece in (0..hd).step_by(VALUE_PIECE) {
-            let mut acc = [[_mm256_setzero_ps(); VALUE_PIECE / 8]; NH];
-            let mut j = slot;
-            while j < n_ctx {
-                let row = vf.add(j * hd + piece);
-                for (h, a) in acc.iter_mut().enumerate() {
-                    let pj = _mm256_set1_ps(*p.add(h * n_ctx + j));
-                    for (i, ai) in a.iter_mut().enumerate() {
-                        *ai = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(8 * i)), pj, *ai);
-                    }
-                }
-                j += slots;
-            }
-            for (h, a) in acc.iter().enumerate() {
-                let dst = vacc.add((h * slots + slot) * hd + piece);
-                for (i, ai) in a.iter().enumerate() {
-                    _mm256_storeu_ps(dst.add(8 * i), *ai);
-                }
-            }
-        }
-    }
-    NH
 }
 
 /// Folds one query head's value slots (`vacc`: `slots x hd` floats, slot-major) into its
@@ -381,8 +230,10 @@ pub(super) unsafe fn fold_slots(vacc: *const f32, hd: usize, arith: Arith, o: *m
 
 #[cfg(test)]
 mod tests {
+    use super::super::{run_tile, simd};
     use super::*;
     use crate::kv::{KvCache, KvShape};
+    use crate::quant::Kernels;
 
     fn ok() -> bool {
         is_x86_feature_detected!("avx2")
@@ -398,9 +249,9 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
     }
 
-    /// Decode attention through the run path: [`gather`], then [`attend_gathered`].
+    /// Decode attention through the run path: [`gather`], then `run_tile::attend_rows`.
     ///
-    /// Safety: AVX2 + FMA + F16C; as [`attend_gathered`].
+    /// Safety: AVX2 + FMA + F16C; as `run_tile::attend_rows`.
     unsafe fn gathered_decode(
         k: &Kernels,
         t: &AttnTarget<'_>,
@@ -411,7 +262,19 @@ mod tests {
     ) {
         let hd = t.kv.shape().head_dim;
         gather(t, s);
-        attend_gathered(k, hd, q, n_rep, 0.125, Arith::Decode, t.n_ctx, s, out);
+        run_tile::attend_rows(
+            k,
+            hd,
+            1,
+            t.n_ctx,
+            |_| q,
+            // SAFETY: one row, so the one output is handed out once.
+            |_| unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr(), out.len()) },
+            n_rep,
+            0.125,
+            Arith::Decode,
+            s,
+        );
     }
 
     #[test]
@@ -501,7 +364,6 @@ mod tests {
                 .into_iter()
                 .flat_map(|r| [1usize, 5, 16, 17, 63, 64, 65, 130, 700].map(|c| (r, c)))
             {
-                let q: Vec<f32> = (0..n_rep * hd).map(|_| noise(&mut seed) * 3.0).collect();
                 for arith in [Arith::Prompt, Arith::Decode] {
                     let t = AttnTarget {
                         kv: &kv,
@@ -510,25 +372,53 @@ mod tests {
                         block_table: &table,
                         n_ctx,
                     };
-                    let mut want = vec![0f32; n_rep * hd];
-                    let mut got = vec![0f32; n_rep * hd];
-                    let mut s = AttnScratch::default();
-                    super::super::attend_group_impl::<false>(
-                        kernels, &t, &q, n_rep, 0.125, arith, &mut s, &mut want,
-                    );
-                    // Dirty scratch on purpose: the fast path must not depend on its contents.
-                    // SAFETY: features checked above; slices sized n_rep * hd.
-                    unsafe {
-                        gather(&t, &mut s);
-                        attend_gathered(
-                            kernels, hd, &q, n_rep, 0.125, arith, n_ctx, &mut s, &mut got,
-                        );
+                    // A run of `rows` rows ending at `n_ctx` (a prompt chunk, or a
+                    // verification), every row against the portable body on its own.
+                    for rows in [1usize, 2, 3, 4, 5, 9].into_iter().filter(|&r| r <= n_ctx) {
+                        let first = n_ctx + 1 - rows;
+                        let qs: Vec<Vec<f32>> = (0..rows)
+                            .map(|_| (0..n_rep * hd).map(|_| noise(&mut seed) * 3.0).collect())
+                            .collect();
+                        let mut got = vec![vec![0f32; n_rep * hd]; rows];
+                        let mut s = AttnScratch::default();
+                        // Dirty scratch on purpose: the fast path must not depend on it.
+                        // SAFETY: features checked above; rows sized n_rep * hd; the
+                        // gathered context covers the last row's.
+                        unsafe {
+                            gather(&t, &mut s);
+                            let out = std::cell::RefCell::new(&mut got);
+                            run_tile::attend_rows(
+                                kernels,
+                                hd,
+                                rows,
+                                first,
+                                |i| &qs[i][..],
+                                |i| {
+                                    let p = out.borrow_mut()[i].as_mut_ptr();
+                                    std::slice::from_raw_parts_mut(p, n_rep * hd)
+                                },
+                                n_rep,
+                                0.125,
+                                arith,
+                                &mut s,
+                            );
+                        }
+                        for (i, (qi, gi)) in qs.iter().zip(&got).enumerate() {
+                            let row_t = AttnTarget {
+                                n_ctx: first + i,
+                                ..t
+                            };
+                            let mut want = vec![0f32; n_rep * hd];
+                            super::super::attend_group_impl::<false>(
+                                kernels, &row_t, qi, n_rep, 0.125, arith, &mut s, &mut want,
+                            );
+                            assert_eq!(
+                                gi.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                                "hd {hd} n_rep {n_rep} n_ctx {n_ctx} rows {rows} row {i} {arith:?}"
+                            );
+                        }
                     }
-                    assert_eq!(
-                        got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                        "hd {hd} n_rep {n_rep} n_ctx {n_ctx} {arith:?}"
-                    );
                 }
             }
         }
@@ -654,24 +544,30 @@ mod tests {
                 best * 1e6,
                 best * 1e9 / n_ctx as f64
             );
-            // A prompt row: the chunk's context is converted once for all its rows.
+            // A prompt chunk of 16 rows ending at `n_ctx`: its context is converted once.
+            let rows = 16;
+            let qs: Vec<f32> = (0..rows * n_rep * hd).map(|_| noise(&mut seed)).collect();
+            let mut outs = vec![0f32; rows * n_rep * hd];
+            let nq = n_rep * hd;
             // SAFETY: as above.
             unsafe { gather(&t, &mut s) };
             let prompt = best_of_5(&mut || unsafe {
-                attend_gathered(
+                let base = outs.as_mut_ptr();
+                run_tile::attend_rows(
                     kernels,
                     hd,
-                    &q,
+                    rows,
+                    n_ctx + 1 - rows,
+                    |i| &qs[i * nq..(i + 1) * nq],
+                    |i| std::slice::from_raw_parts_mut(base.add(i * nq), nq),
                     n_rep,
                     0.125,
                     Arith::Prompt,
-                    n_ctx,
                     &mut s,
-                    &mut out,
                 )
-            });
+            }) / rows as f64;
             eprintln!(
-                "n_ctx {n_ctx:>5}: prompt row over the gathered context {:7.2} us per call",
+                "n_ctx {n_ctx:>5}: prompt rows (a chunk of 16) {:7.2} us per row",
                 prompt * 1e6
             );
         }
