@@ -15,8 +15,8 @@
 //! - the V rows are prefetched while the scores are computed (the blocks are scattered over
 //!   the pool, so the hardware prefetcher cannot follow them).
 //!
-//! Every float goes through the same operations in the same order as in `attend_gathered`
-//! (tests compare the two bit for bit). Hand-written because decode attention is a quarter
+//! Every float goes through the same operations in the same order as in
+//! `run_tile::attend_rows` (tests compare the two bit for bit). Hand-written because decode attention is a quarter
 //! to a third of a batched step's time on long contexts.
 
 use std::arch::x86_64::*;
@@ -43,7 +43,7 @@ pub(crate) fn supports(head_dim: usize, block_size: usize) -> bool {
 struct KeyGroup([f32; 4 * HD]);
 
 /// Decode attention of the `n_rep` query heads in `q` over the first `t.n_ctx` positions:
-/// bitwise what `paged_avx2::gather` then `paged_avx2::attend_gathered` with
+/// bitwise what `paged_avx2::gather` then `run_tile::attend_rows` (one row) with
 /// [`Arith::Decode`] give.
 ///
 /// Safety: AVX2 + FMA + F16C; the pool passes [`supports`]; `q.len()` and
@@ -105,7 +105,7 @@ pub(crate) unsafe fn attend_decode(
             }
             i += 4;
         }
-        // The context's last `n_ctx % 4` keys, one at a time (as `attend_gathered`).
+        // The context's last `n_ctx % 4` keys, one at a time (as `run_tile`).
         while i < n {
             convert(&kb[i * HD..(i + 1) * HD], &mut keys.0[..HD]);
             for r in 0..n_rep {
@@ -146,7 +146,7 @@ pub(crate) unsafe fn attend_decode(
 /// Accumulates the value slots of `NH` heads (probabilities `p[h * n_ctx + j]`) into `vacc`
 /// (`NH` heads of `SLOTS x 64` floats): slot `s`, dimension `d` of head `h` is
 /// `fma(v[j][d], p[h][j], acc)` over `j = s, s + 64, ...` from 0, the decode order of
-/// `attend_gathered`. Returns `NH`.
+/// `run_tile`. Returns `NH`.
 ///
 /// Safety: AVX2 + FMA + F16C; `vrows[j]` is the address of position `j`'s 64 f16 values.
 #[inline]

@@ -483,8 +483,9 @@ mod tests {
     }
 
     /// Time of one decode attention call of 3 query heads over contexts of 100-2000 positions,
-    /// read directly from f16 (`decode_f16`) and gathered first (gather + attend), and of one
-    /// prompt row over an already gathered context, best of 5 (the machine may be shared):
+    /// read directly from f16 (`decode_f16`) and gathered first (gather + attend), and per row
+    /// of a 16-row prompt chunk over an already gathered context, best of 5 (the machine may be
+    /// shared):
     /// `cargo test -p ferrum-model --lib --release paged_avx2::tests::bench -- --ignored --nocapture`.
     #[test]
     #[ignore]
