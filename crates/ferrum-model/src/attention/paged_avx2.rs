@@ -241,6 +241,11 @@ mod tests {
             && is_x86_feature_detected!("f16c")
     }
 
+    /// The bit patterns of `v`, for exact comparisons with readable failures.
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     /// Deterministic pseudo-random values in about [-2, 2).
     fn noise(seed: &mut u64) -> f32 {
         *seed = seed
@@ -379,31 +384,29 @@ mod tests {
                         let qs: Vec<Vec<f32>> = (0..rows)
                             .map(|_| (0..n_rep * hd).map(|_| noise(&mut seed) * 3.0).collect())
                             .collect();
-                        let mut got = vec![vec![0f32; n_rep * hd]; rows];
+                        let nq = n_rep * hd;
+                        let mut got = vec![0f32; rows * nq];
+                        let base = got.as_mut_ptr();
                         let mut s = AttnScratch::default();
                         // Dirty scratch on purpose: the fast path must not depend on it.
-                        // SAFETY: features checked above; rows sized n_rep * hd; the
-                        // gathered context covers the last row's.
+                        // SAFETY: features checked above; row i's output is its own nq
+                        // floats of `got`; the gathered context covers the last row's.
                         unsafe {
                             gather(&t, &mut s);
-                            let out = std::cell::RefCell::new(&mut got);
                             run_tile::attend_rows(
                                 kernels,
                                 hd,
                                 rows,
                                 first,
                                 |i| &qs[i][..],
-                                |i| {
-                                    let p = out.borrow_mut()[i].as_mut_ptr();
-                                    std::slice::from_raw_parts_mut(p, n_rep * hd)
-                                },
+                                |i| std::slice::from_raw_parts_mut(base.add(i * nq), nq),
                                 n_rep,
                                 0.125,
                                 arith,
                                 &mut s,
                             );
                         }
-                        for (i, (qi, gi)) in qs.iter().zip(&got).enumerate() {
+                        for (i, (qi, gi)) in qs.iter().zip(got.chunks(nq)).enumerate() {
                             let row_t = AttnTarget {
                                 n_ctx: first + i,
                                 ..t
@@ -413,8 +416,8 @@ mod tests {
                                 kernels, &row_t, qi, n_rep, 0.125, arith, &mut s, &mut want,
                             );
                             assert_eq!(
-                                gi.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                                bits(gi),
+                                bits(&want),
                                 "hd {hd} n_rep {n_rep} n_ctx {n_ctx} rows {rows} row {i} {arith:?}"
                             );
                         }
@@ -473,7 +476,6 @@ mod tests {
                             kernels, &t, &q, n_rep, 0.125, &mut s, &mut got,
                         );
                     }
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     let what = format!("bs {bs} n_rep {n_rep} n_ctx {n_ctx}");
                     assert_eq!(bits(&got), bits(&want), "{what}");
                     assert_eq!(bits(&got), bits(&portable), "{what} (portable body)");
